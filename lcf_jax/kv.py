@@ -1,0 +1,82 @@
+"""The explicit KV cache: a plain pytree value passed into and returned from every forward.
+
+Layout: `k`, `v` are `[L, B, S, K, H]` (layers, batch, cache capacity, kv heads, head dim) and hold
+post-RoPE keys, exactly what transformers caches. `lengths` `[B]` counts the valid entries of each
+row: row b's tokens sit at positions `0 .. lengths[b]-1` and new tokens are written at
+`lengths[b]`, so rows of different lengths share one array (right padding) and a padded batch
+computes what its rows compute alone. Entries at or beyond `lengths[b]` are never attended to.
+
+The adapters read one model's cache and write another's, so any layer can be read and replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from lcf_jax.models.config import ModelConfig
+from lcf_jax.typing import Array, DType
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    k: Array  # [L, B, S, K, H]
+    v: Array  # [L, B, S, K, H]
+    lengths: Array  # [B] int32
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch: int, capacity: int, dtype: DType = jnp.float32) -> KVCache:
+        """An empty cache for `batch` rows of up to `capacity` tokens."""
+        shape = (config.num_layers, batch, capacity, config.num_kv_heads, config.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+
+    @property
+    def num_layers(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        """S: the most tokens a row can hold."""
+        return self.k.shape[2]
+
+    def replace(self, **changes) -> KVCache:
+        return dataclasses.replace(self, **changes)
+
+    def layer(self, index: int) -> tuple[Array, Array]:
+        """Keys and values of one layer, each `[B, S, K, H]`."""
+        return self.k[index], self.v[index]
+
+    def with_layer(self, index: int, k: Array, v: Array) -> KVCache:
+        """A copy with one layer's keys and values replaced (shapes must match)."""
+        if k.shape != self.k.shape[1:] or v.shape != self.v.shape[1:]:
+            raise ValueError(f"layer {index}: expected k and v of shape {self.k.shape[1:]}, got {k.shape} and {v.shape}")
+        return self.replace(k=self.k.at[index].set(k.astype(self.k.dtype)), v=self.v.at[index].set(v.astype(self.v.dtype)))
+
+    def valid_mask(self) -> Array:
+        """`[B, S]` True where an entry holds a real token."""
+        return jnp.arange(self.capacity)[None, :] < self.lengths[:, None]
+
+    def with_capacity(self, capacity: int) -> KVCache:
+        """A copy whose S axis is grown (zero-padded) to at least `capacity`."""
+        extra = capacity - self.capacity
+        if extra <= 0:
+            return self
+        pad = ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))
+        return self.replace(k=jnp.pad(self.k, pad), v=jnp.pad(self.v, pad))
+
+    def check_compatible(self, config: ModelConfig, batch: int) -> None:
+        """Raise a clear error if this cache was not made for `config` and a batch of `batch` rows."""
+        want = (config.num_layers, batch, config.num_kv_heads, config.head_dim)
+        got = (self.k.shape[0], self.k.shape[1], self.k.shape[3], self.k.shape[4])
+        if want != got:
+            raise ValueError(
+                f"KV cache shape {tuple(self.k.shape)} [L, B, S, K, H] does not fit this model and batch: "
+                f"expected L={want[0]}, B={want[1]}, K={want[2]}, H={want[3]}"
+            )

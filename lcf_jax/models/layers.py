@@ -1,0 +1,142 @@
+"""Building blocks of the decoder: RMSNorm, rotate-half RoPE (with Llama-3 / linear scaling), the
+grouped-query attention core over an explicit cache, and the SwiGLU MLP.
+
+Attribute names follow transformers (`q_proj`, `input_layernorm`, ...) so the checkpoint key table
+in `loading/keymap.py` is nearly the identity. Numerically sensitive steps (norm statistics, RoPE
+angles, softmax) run in float32 whatever the parameter dtype, as transformers does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lcf_jax.models.config import ModelConfig
+from lcf_jax.typing import Array, DType
+
+# A large negative instead of -inf: a fully masked row (a padding query) then gives a uniform
+# softmax instead of NaNs that would leak into the cache through later layers.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / rms(x) * weight, statistics in float32 (transformers' LlamaRMSNorm)."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype: DType):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype=param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight.value * x32.astype(dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies `[H/2]` in float32, with the checkpoint's scaling applied (transformers'
+    `_compute_default_rope_parameters` / `_compute_llama3_parameters`)."""
+    dim = config.head_dim
+    inv_freq = (1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))).astype(
+        np.float32
+    )
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return (inv_freq / scaling.factor).astype(np.float32)
+    # llama3: long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
+    old_len = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_len / scaling.low_freq_factor
+    high_freq_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotate-half RoPE. x: `[B, T, N, H]`, positions: `[B, T]` int.
+
+    Angles are float32 products at highest precision: in bf16, position 257 rounds to 256."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, H]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def write_rows(cache: Array, new: Array, starts: Array) -> Array:
+    """Write `new` `[B, T, K, H]` into `cache` `[B, S, K, H]` at a per-row offset `starts` `[B]`."""
+    return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0)))(cache, new, starts)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Grouped-query attention. q `[B, T, N, H]`, k/v `[B, S, K, H]`, mask `[B, T, S]` (True = attend).
+
+    Scores and softmax in float32; returns `[B, T, N, H]` in q's dtype."""
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, h)  # [B, T, K, G, H]
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32) / math.sqrt(h)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+    """Self-attention that writes its new keys/values (post-RoPE) into one layer's cache slice."""
+
+    def __init__(self, config: ModelConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs):
+        d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        linear = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = nnx.Linear(d, n * h, use_bias=config.qkv_bias, **linear)
+        self.k_proj = nnx.Linear(d, k * h, use_bias=config.qkv_bias, **linear)
+        self.v_proj = nnx.Linear(d, k * h, use_bias=config.qkv_bias, **linear)
+        self.o_proj = nnx.Linear(n * h, d, use_bias=config.o_bias, **linear)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(h, eps=config.rms_norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(h, eps=config.rms_norm_eps, param_dtype=param_dtype)
+        self.config = config  # static: hashable, and RoPE frequencies are derived from it at trace time
+
+    def __call__(
+        self, x: Array, k_cache: Array, v_cache: Array, positions: Array, starts: Array, mask: Array
+    ) -> tuple[Array, Array, Array]:
+        """x `[B, T, D]`; k/v_cache `[B, S, K, H]`; positions `[B, T]`; starts `[B]`; mask `[B, T, S]`."""
+        b, t, _ = x.shape
+        cfg = self.config
+        n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = self.q_proj(x).reshape(b, t, n, h)
+        k = self.k_proj(x).reshape(b, t, kv, h)
+        v = self.v_proj(x).reshape(b, t, kv, h)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        k_cache = write_rows(k_cache, k.astype(k_cache.dtype), starts)  # [B, S, K, H]
+        v_cache = write_rows(v_cache, v.astype(v_cache.dtype), starts)
+        out = attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask)
+        return self.o_proj(out.reshape(b, t, n * h)), k_cache, v_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        linear = dict(use_bias=config.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = nnx.Linear(d, f, **linear)
+        self.up_proj = nnx.Linear(d, f, **linear)
+        self.down_proj = nnx.Linear(f, d, **linear)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

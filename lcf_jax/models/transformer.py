@@ -1,0 +1,92 @@
+"""The one decoder shared by Llama, Qwen2 and Qwen3: tokens + cache in, logits + cache out.
+
+Layers are stacked (`nnx.vmap` at construction: every parameter has a leading L axis) and applied
+with `jax.lax.scan`, which compiles one layer instead of L and lines up with the cache's leading L
+axis: layer l reads and writes `cache.k[l]`, `cache.v[l]`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lcf_jax.kv import KVCache
+from lcf_jax.models.config import ModelConfig
+from lcf_jax.models.layers import MLP, Attention, RMSNorm
+from lcf_jax.typing import Array, DType
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, k_cache, v_cache, positions, starts, mask):
+        with jax.named_scope("attention"):
+            h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), k_cache, v_cache, positions, starts, mask)
+        x = x + h
+        with jax.named_scope("mlp"):
+            x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k_cache, v_cache
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model with an explicit `KVCache`."""
+
+    def __init__(self, config: ModelConfig, *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        d, v = config.hidden_size, config.vocab_size
+        self.embed_tokens = nnx.Embed(v, d, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
+            return DecoderLayer(config, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+        self.norm = RMSNorm(d, eps=config.rms_norm_eps, param_dtype=dtype)
+        if not config.tie_word_embeddings:
+            self.lm_head = nnx.Linear(d, v, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self, tokens: Array, cache: KVCache, input_lengths: Array | None = None, *, last_only: bool = False
+    ) -> tuple[Array, KVCache]:
+        """Run `tokens` `[B, T]` after what `cache` holds.
+
+        input_lengths `[B]`: how many of each row's T tokens are real (right padding); default all.
+        Returns float32 logits `[B, T, V]` (or `[B, 1, V]` at each row's last real token when
+        `last_only`) and the cache with the new tokens appended.
+        """
+        b, t = tokens.shape
+        if input_lengths is None:
+            input_lengths = jnp.full((b,), t, jnp.int32)
+        starts = cache.lengths
+        new_lengths = starts + input_lengths
+        positions = starts[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
+        key_positions = jnp.arange(cache.capacity, dtype=jnp.int32)[None, None, :]
+        # Causal within the new tokens, everything valid before them, nothing past a row's length.
+        mask = (key_positions <= positions[:, :, None]) & (key_positions < new_lengths[:, None, None])  # [B, T, S]
+
+        x = self.embed_tokens(tokens)  # [B, T, D]
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def one_layer(x, layer_inputs):
+            params, k_l, v_l = layer_inputs
+            x, k_l, v_l = nnx.merge(graphdef, params)(x, k_l, v_l, positions, starts, mask)
+            return x, (k_l, v_l)
+
+        with jax.named_scope("layers"):
+            x, (k, v) = jax.lax.scan(one_layer, x, (layer_state, cache.k, cache.v))
+
+        if last_only:
+            last = jnp.maximum(input_lengths - 1, 0)
+            x = jnp.take_along_axis(x, last[:, None, None], axis=1)  # [B, 1, D]
+        x = self.norm(x)
+        with jax.named_scope("lm_head"):
+            logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
+        return logits.astype(jnp.float32), KVCache(k=k, v=v, lengths=new_lengths)
