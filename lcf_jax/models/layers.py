@@ -34,7 +34,7 @@ class RMSNorm(nnx.Module):
         dtype = x.dtype
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.weight.value * x32.astype(dtype)
+        return self.weight[...] * x32.astype(dtype)
 
 
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
