@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lcf_jax.loading.gguf import read_gguf
+from lcf_jax.loading.gguf import load_gguf_tokenizer, read_gguf
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.loading.registry import REGISTRY, ModelNotAvailableError, registered_names
 from lcf_jax.loading.safetensors import load_tokenizer, read_hf_config, read_hf_weights, write_hf_directory
@@ -50,7 +50,7 @@ def load_model(
         tokenizer = load_tokenizer(path)
     elif path.suffix.lower() == ".gguf":
         config, flat = read_gguf(path, expected_for, convert)
-        tokenizer = load_tokenizer(path.parent, gguf_file=path.name)
+        tokenizer = load_gguf_tokenizer(path)
     else:
         raise ValueError(f"{path} is neither a model directory nor a .gguf file")
     graphdef, abstract = abstract_transformer(config, dtype)

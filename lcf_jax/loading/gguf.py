@@ -8,6 +8,7 @@ when it loads a GGUF file). Qwen2/Qwen3 files are written unpermuted.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -147,3 +148,29 @@ def read_gguf(path: Path, expected_for: Callable[[ModelConfig], dict], convert: 
     shapes = {name: shape(tensor) for name, tensor in by_hf.items()}
     flat = hf_to_flat(shapes, read, config, expected_for(config), source=str(path), convert=convert)
     return config, flat
+
+
+def tokenizer_cache_dir() -> Path:
+    return Path(os.environ.get("LCF_CACHE", Path.home() / ".cache" / "lcf_jax")) / "tokenizers"
+
+
+def load_gguf_tokenizer(path: Path) -> Any:
+    """The transformers tokenizer embedded in a GGUF file, or None if the file carries none.
+
+    Converting GGUF vocab and merges takes transformers several seconds, so the converted tokenizer
+    is cached (under $LCF_CACHE, default ~/.cache/lcf_jax) keyed by the file's name, size and mtime."""
+    reader = _open(path)
+    if "tokenizer.ggml.model" not in reader.fields:
+        return None
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    stat = path.stat()
+    cached = tokenizer_cache_dir() / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (cached / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(cached))
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        tokenizer.save_pretrained(str(cached))
+    except OSError:  # a read-only home: carry on uncached
+        pass
+    return tokenizer

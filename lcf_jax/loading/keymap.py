@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lcf_jax.models.config import ModelConfig
 
@@ -132,7 +134,7 @@ def hf_to_flat(
         raise CheckpointError(_summarize(problems, source))
 
     flat: dict[str, Any] = {}
-    for path, shape in expected.items():
+    for path in tqdm(expected, desc=f"loading {Path(source).name or 'weights'}", unit="tensor", leave=False, disable=None):
         rule = _rule_for_path(path)
         keys = by_path[path]
         if rule.stacked:
