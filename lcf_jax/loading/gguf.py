@@ -61,6 +61,12 @@ def _field(reader, key: str, default=None):
     return field.contents()
 
 
+def _f32(value) -> float:
+    """GGUF stores floats as float32: take the shortest decimal that float32 prints (1e-05, not
+    9.999999747378752e-06), which is what the original config said."""
+    return float(str(np.float32(value)))
+
+
 def _open(path: Path):
     import gguf  # noqa: PLC0415 - optional heavy import
 
@@ -93,7 +99,7 @@ def read_gguf_config(reader, path: Path) -> ModelConfig:
         kind = meta("rope.scaling.type")
         if kind != "linear":
             raise UnsupportedArchitectureError(f"{path}: GGUF rope scaling {kind!r} is not supported")
-        scaling = RopeScaling("linear", factor=float(meta("rope.scaling.factor")))
+        scaling = RopeScaling("linear", factor=_f32(meta("rope.scaling.factor")))
     qkv_bias = "blk.0.attn_q.bias" in tensors
     o_bias = "blk.0.attn_output.bias" in tensors
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
@@ -106,8 +112,8 @@ def read_gguf_config(reader, path: Path) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=int(meta("attention.head_count_kv", heads)),
         head_dim=int(meta("attention.key_length", hidden // heads)),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=float(meta("rope.freq_base", 10000.0)),
+        rms_norm_eps=_f32(meta("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=_f32(meta("rope.freq_base", 10000.0)),
         rope_scaling=scaling,
         tie_word_embeddings="output.weight" not in tensors,
         qkv_bias=qkv_bias,
