@@ -56,8 +56,12 @@ class KVCache:
     def with_layer(self, index: int, k: Array, v: Array) -> KVCache:
         """A copy with one layer's keys and values replaced (shapes must match)."""
         if k.shape != self.k.shape[1:] or v.shape != self.v.shape[1:]:
-            raise ValueError(f"layer {index}: expected k and v of shape {self.k.shape[1:]}, got {k.shape} and {v.shape}")
-        return self.replace(k=self.k.at[index].set(k.astype(self.k.dtype)), v=self.v.at[index].set(v.astype(self.v.dtype)))
+            raise ValueError(
+                f"layer {index}: expected k and v of shape {self.k.shape[1:]}, got {k.shape} and {v.shape}"
+            )
+        return self.replace(
+            k=self.k.at[index].set(k.astype(self.k.dtype)), v=self.v.at[index].set(v.astype(self.v.dtype))
+        )
 
     def valid_mask(self) -> Array:
         """`[B, S]` True where an entry holds a real token."""

@@ -38,7 +38,9 @@ class Generation:
         return rows
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], *, pad_id: int = 0, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], *, pad_id: int = 0, multiple: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad token lists to one `[B, T]` int32 array (T rounded up to `multiple`) plus lengths `[B]`."""
     if not sequences or any(len(s) == 0 for s in sequences):
         raise ValueError("pad_batch needs at least one sequence and no empty sequences")

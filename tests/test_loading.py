@@ -43,7 +43,9 @@ _GGUF_NAMES = {
 
 def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     """What llama.cpp's converter does to Llama q/k rows (written independently of our inverse)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def write_gguf(model: torch.nn.Module, path, family: str, quantize_embedding: bool = False) -> None:
@@ -75,8 +77,11 @@ def write_gguf(model: torch.nn.Module, path, family: str, quantize_embedding: bo
         else:
             out = _GGUF_NAMES[name]
         if out == "token_embd.weight" and quantize_embedding:
-            writer.add_tensor(out, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
-                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(
+                out,
+                gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
+                raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+            )
         else:
             writer.add_tensor(out, array)
     writer.write_header_to_file()
@@ -130,8 +135,12 @@ def test_unpermute_inverts_llama_cpp_permute():
 # Published parameter counts of the real checkpoints (tied embeddings counted once).
 @pytest.mark.parametrize(
     "name,count",
-    [("qwen2.5-0.5b", 494_032_768), ("qwen3-0.6b", 596_049_920), ("llama-3.2-1b", 1_235_814_400),
-     ("smollm2-135m", 134_515_008)],
+    [
+        ("qwen2.5-0.5b", 494_032_768),
+        ("qwen3-0.6b", 596_049_920),
+        ("llama-3.2-1b", 1_235_814_400),
+        ("smollm2-135m", 134_515_008),
+    ],
 )
 def test_presets_have_the_real_parameter_counts_without_weights(name, count):
     from lcf_jax.models.model import abstract_transformer
@@ -186,7 +195,9 @@ def test_missing_tensor_is_named(tiny_dir):
     tensors = load_file(str(tiny_dir / "model.safetensors"))
     del tensors["model.layers.1.self_attn.k_norm.weight"]
     save_file(tensors, str(tiny_dir / "model.safetensors"))
-    with pytest.raises(lcf_jax.CheckpointError, match=r"missing tensor 'model\.layers\.1\.self_attn\.k_norm\.weight'") as err:
+    with pytest.raises(
+        lcf_jax.CheckpointError, match=r"missing tensor 'model\.layers\.1\.self_attn\.k_norm\.weight'"
+    ) as err:
         lcf_jax.load_model(tiny_dir)
     one_line(err)
 
@@ -195,7 +206,10 @@ def test_wrong_shape_is_named(tiny_dir):
     tensors = load_file(str(tiny_dir / "model.safetensors"))
     tensors["model.layers.2.mlp.up_proj.weight"] = np.zeros((81, 48), np.float32)
     save_file(tensors, str(tiny_dir / "model.safetensors"))
-    with pytest.raises(lcf_jax.CheckpointError, match=r"'model\.layers\.2\.mlp\.up_proj\.weight' has shape \(81, 48\), expected \(80, 48\)"):
+    with pytest.raises(
+        lcf_jax.CheckpointError,
+        match=r"'model\.layers\.2\.mlp\.up_proj\.weight' has shape \(81, 48\), expected \(80, 48\)",
+    ):
         lcf_jax.load_model(tiny_dir)
 
 
@@ -240,7 +254,9 @@ def test_bad_dtype_and_bad_tokens_are_named(tiny_dir):
 
 def test_cache_of_another_model_is_refused(tiny_dir, tmp_path):
     model = lcf_jax.load_model(tiny_dir)
-    other = lcf_jax.load_model(save_tiny(tiny_hf_model("qwen2", num_attention_heads=4, num_key_value_heads=1), tmp_path / "o"))
+    other = lcf_jax.load_model(
+        save_tiny(tiny_hf_model("qwen2", num_attention_heads=4, num_key_value_heads=1), tmp_path / "o")
+    )
     _, cache = other(TOKENS)
     with pytest.raises(ValueError, match=r"\[L, B, S, K, H\]"):
         model(TOKENS, cache)

@@ -30,12 +30,21 @@ def model():
 @pytest.fixture(scope="module")
 def reference():
     path = _smollm2_gguf()
-    return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
 
 
 def test_config_and_tokenizer(model):
     c = model.config
-    assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size) == (30, 576, 9, 3, 64, 49152)
+    assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size) == (
+        30,
+        576,
+        9,
+        3,
+        64,
+        49152,
+    )
     assert c.tie_word_embeddings and model.num_params() == 134_515_008
     assert model.config == lcf_jax.preset("smollm2-135m").replace(pad_token_id=c.pad_token_id)
     assert model.tokenizer.decode(model.tokenizer("Hello world")["input_ids"]) == "Hello world"
@@ -67,8 +76,10 @@ def test_greedy_continues_the_capital_of_france_with_paris(model):
 
 
 def test_chat_templated_question_gets_a_sensible_answer(model):
-    prompts = [chat_prompt(model, "What is the capital of Germany? Answer in one word."),
-               chat_prompt(model, "How many legs does a spider have? Answer with a number.")]
+    prompts = [
+        chat_prompt(model, "What is the capital of Germany? Answer in one word."),
+        chat_prompt(model, "How many legs does a spider have? Answer with a number."),
+    ]
     result = lcf_jax.generate(model, prompts, 24)
     stop = stop_token_ids(model)
     answers = [model.tokenizer.decode(t) for t in result.token_lists(stop_tokens=stop)]

@@ -13,7 +13,14 @@ from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.loading.registry import REGISTRY, ModelNotAvailableError, registered_names
 from lcf_jax.loading.safetensors import load_tokenizer, read_hf_config, read_hf_weights, write_hf_directory
 from lcf_jax.models.config import ModelConfig
-from lcf_jax.models.model import Model, abstract_transformer, flat_from_state, flat_shapes, resolve_dtype, state_from_flat
+from lcf_jax.models.model import (
+    Model,
+    abstract_transformer,
+    flat_from_state,
+    flat_shapes,
+    resolve_dtype,
+    state_from_flat,
+)
 
 
 def resolve_source(source: str | os.PathLike) -> Path:

@@ -8,6 +8,7 @@ when it loads a GGUF file). Qwen2/Qwen3 files are written unpermuted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -175,8 +176,6 @@ def load_gguf_tokenizer(path: Path) -> Any:
     if (cached / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(str(cached))
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    try:
+    with contextlib.suppress(OSError):  # a read-only home: carry on uncached
         tokenizer.save_pretrained(str(cached))
-    except OSError:  # a read-only home: carry on uncached
-        pass
     return tokenizer

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,9 @@ KEY_TABLE: tuple[Rule, ...] = (
     Rule(r"model\.embed_tokens\.weight", "embed_tokens.embedding"),
     Rule(r"model\.norm\.weight", "norm.weight"),
     Rule(r"lm_head\.weight", "lm_head.kernel", "transpose"),
-    Rule(r"model\.layers\.(?P<i>\d+)\.(?P<norm>input_layernorm|post_attention_layernorm)\.weight", "layers.{norm}.weight"),
+    Rule(
+        r"model\.layers\.(?P<i>\d+)\.(?P<norm>input_layernorm|post_attention_layernorm)\.weight", "layers.{norm}.weight"
+    ),
     Rule(r"model\.layers\.(?P<i>\d+)\.self_attn\.(?P<norm>q_norm|k_norm)\.weight", "layers.self_attn.{norm}.weight"),
     Rule(
         r"model\.layers\.(?P<i>\d+)\.(?P<block>self_attn|mlp)\.(?P<proj>[qkvo]_proj|gate_proj|up_proj|down_proj)\.weight",
@@ -134,7 +136,9 @@ def hf_to_flat(
         raise CheckpointError(_summarize(problems, source))
 
     flat: dict[str, Any] = {}
-    for path in tqdm(expected, desc=f"loading {Path(source).name or 'weights'}", unit="tensor", leave=False, disable=None):
+    for path in tqdm(
+        expected, desc=f"loading {Path(source).name or 'weights'}", unit="tensor", leave=False, disable=None
+    ):
         rule = _rule_for_path(path)
         keys = by_path[path]
         if rule.stacked:

@@ -36,7 +36,9 @@ def _smollm2_gguf() -> Path:
     try:
         path = Path(importlib.metadata.distribution(SMOLLM2_PACKAGE).locate_file(SMOLLM2_FILE))
     except importlib.metadata.PackageNotFoundError:
-        raise ModelNotAvailableError(f"smollm2-135m comes from the PyPI package {SMOLLM2_PACKAGE}, which is not installed; {hint}") from None
+        raise ModelNotAvailableError(
+            f"smollm2-135m comes from the PyPI package {SMOLLM2_PACKAGE}, which is not installed; {hint}"
+        ) from None
     if not path.exists():
         raise ModelNotAvailableError(f"{SMOLLM2_PACKAGE} is installed but {path} is missing; reinstall: {hint}")
     return path
@@ -63,7 +65,9 @@ REGISTRY: dict[str, Registered] = {
     r.name: r
     for r in (
         Registered("smollm2-135m", "SmolLM2-135M-Instruct, Q4_1 GGUF shipped on PyPI (offline)", _smollm2_gguf),
-        Registered("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct from the HF Hub", _hub("Qwen/Qwen2.5-0.5B-Instruct")),
+        Registered(
+            "qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct from the HF Hub", _hub("Qwen/Qwen2.5-0.5B-Instruct")
+        ),
         Registered("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B from the HF Hub", _hub("Qwen/Qwen2.5-0.5B")),
         Registered("qwen3-0.6b", "Qwen/Qwen3-0.6B from the HF Hub", _hub("Qwen/Qwen3-0.6B")),
         Registered("llama-3.2-1b", "meta-llama/Llama-3.2-1B from the HF Hub (gated)", _hub("meta-llama/Llama-3.2-1B")),

@@ -58,7 +58,9 @@ class SafetensorsReader:
                     raise ValueError("header length exceeds the file")
                 header = json.loads(f.read(header_len))
             except (struct.error, ValueError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{file} is not a valid safetensors file (truncated or corrupt header: {e})") from None
+                raise CheckpointError(
+                    f"{file} is not a valid safetensors file (truncated or corrupt header: {e})"
+                ) from None
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         self._maps.append(mapped)
         base = 8 + header_len
@@ -71,7 +73,9 @@ class SafetensorsReader:
             start, end = info["data_offsets"]
             shape = tuple(info["shape"])
             if base + end > size or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-                raise CheckpointError(f"{file}: tensor {name!r} lies outside the file or has the wrong byte size (truncated?)")
+                raise CheckpointError(
+                    f"{file}: tensor {name!r} lies outside the file or has the wrong byte size (truncated?)"
+                )
             if name in self._entries:
                 raise CheckpointError(f"tensor {name!r} appears in both {self._entries[name][4]} and {file}")
             self._entries[name] = (mapped, base + start, dtype, shape, file)
@@ -101,7 +105,7 @@ def checkpoint_files(directory: Path) -> list[Path]:
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")) or any(directory.glob("*.pth")):
         raise CheckpointError(
             f"{directory} holds only pickled PyTorch weights, which lcf_jax never loads (unpickling runs code). "
-            "Convert them to safetensors first, e.g. transformers' `model.save_pretrained(dir, safe_serialization=True)`."
+            "Convert them to safetensors first, e.g. with transformers' `model.save_pretrained(dir)`."
         )
     raise CheckpointError(f"{directory} has no model.safetensors or model.safetensors.index.json")
 

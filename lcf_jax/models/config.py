@@ -133,7 +133,9 @@ def _check_supported(hf: dict[str, Any]) -> None:
     if hf.get("quantization_config"):
         problems.append("quantization_config (load a non-quantized checkpoint or a GGUF file)")
     if problems:
-        raise UnsupportedArchitectureError(f"{model_type} config has settings lcf_jax does not implement: {'; '.join(problems)}")
+        raise UnsupportedArchitectureError(
+            f"{model_type} config has settings lcf_jax does not implement: {'; '.join(problems)}"
+        )
 
 
 def from_hf_config(hf: dict[str, Any]) -> ModelConfig:

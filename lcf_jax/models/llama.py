@@ -16,8 +16,9 @@ LLAMA_3_2_1B = ModelConfig(
     head_dim=64,
     rms_norm_eps=1e-5,
     rope_theta=500000.0,
-    rope_scaling=RopeScaling("llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                             original_max_position_embeddings=8192),
+    rope_scaling=RopeScaling(
+        "llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+    ),
     tie_word_embeddings=True,
     max_position_embeddings=131072,
     bos_token_id=128000,

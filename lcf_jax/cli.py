@@ -1,0 +1,103 @@
+"""The `lcf` command line. Thin: each subcommand parses its flags and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import lcf_jax  # noqa: PLC0415 - keep `lcf --help` instant
+    from lcf_jax.sampling import chat_prompt, stop_token_ids  # noqa: PLC0415
+
+    print(f"loading {args.model} ({args.dtype}) ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    model = lcf_jax.load_model(args.model, dtype=args.dtype)
+    print(f"loaded {model} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    if model.tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer files, so it cannot chat")
+    stop = stop_token_ids(model)
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+
+    def answer(text: str) -> str:
+        history.append({"role": "user", "content": text})
+        start = time.perf_counter()
+        result = lcf_jax.generate(
+            model,
+            [chat_prompt(model, history)],
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+        seconds = time.perf_counter() - start
+        tokens = result.token_lists(stop_tokens=stop)[0]
+        reply = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        history.append({"role": "assistant", "content": reply})
+        print(f"[{len(tokens)} tokens in {seconds:.2f} s]", file=sys.stderr, flush=True)
+        return reply
+
+    if args.prompt:
+        for prompt in args.prompt:
+            print(f"> {prompt}\n{answer(prompt)}", flush=True)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Type a message (empty line or Ctrl-D to quit).", file=sys.stderr)
+    while True:
+        try:
+            text = input("> " if interactive else "")
+        except EOFError:
+            return 0
+        if not text.strip():
+            return 0
+        print(answer(text), flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lcf",
+        description="Latent Cache Flow in JAX: LLM agents that communicate through their KV caches.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chat = sub.add_parser(
+        "chat",
+        help="chat with a model (default: the embedded SmolLM2-135M-Instruct)",
+        description="Chat with a model through its chat template. With --prompt, answer and exit; "
+        "otherwise read messages from the terminal (or stdin) until an empty line.",
+    )
+    chat.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"HF directory, .gguf file or registered name (default: {DEFAULT_MODEL})"
+    )
+    chat.add_argument("--prompt", action="append", help="a message to answer (repeat for a multi-turn script)")
+    chat.add_argument("--system", default=None, help="a system message to start the chat with")
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default: 128)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding (default: 0)")
+    chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    chat.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    chat.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype")
+    chat.set_defaults(run=_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lcf_jax.loading import CheckpointError  # noqa: PLC0415
+    from lcf_jax.models import UnsupportedArchitectureError  # noqa: PLC0415
+
+    try:
+        return args.run(args)
+    except (FileNotFoundError, CheckpointError, UnsupportedArchitectureError, ValueError) as e:
+        print(f"lcf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
