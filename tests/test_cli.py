@@ -1,0 +1,41 @@
+"""The `lcf` command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+LCF = [sys.executable, "-m", "lcf_jax.cli"]
+
+
+def run(*args, stdin=None):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.run([*LCF, *args], capture_output=True, text=True, input=stdin, timeout=300, env=env)
+
+
+def test_help_lists_chat_and_its_flags():
+    top = run("--help")
+    assert top.returncode == 0 and "chat" in top.stdout
+    chat = run("chat", "--help")
+    for flag in ("--model", "--prompt", "--max-new-tokens", "--temperature", "--top-p", "--dtype"):
+        assert flag in chat.stdout
+
+
+def test_bad_model_path_is_one_clear_line(tmp_path):
+    result = run("chat", "--model", str(tmp_path / "missing"), "--prompt", "hi")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("lcf chat: error: no model at") and "missing" in error
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.real_model
+def test_chat_answers_with_the_embedded_default():
+    result = run("chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "24")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    piped = run("chat", "--max-new-tokens", "24", stdin="What is the capital of Germany? Answer in one word.\n")
+    assert piped.returncode == 0 and "Berlin" in piped.stdout
