@@ -1,0 +1,245 @@
+"""`Adapter`: one projector per kept receiver layer, stacked so all layers run as one batched
+computation (`jax.vmap` over the layer axis), plus LCF-X's stacked span pool.
+
+The adapter only ever produces *residuals* for the receiver's cache, `R' = R + residual`, so a
+closed gate or a zero residual leaves the receiver's cache, and its logits, bit-identical; several
+sharers' residuals against the same clean receiver cache can simply be summed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lcf_jax.adapters.c2c import C2CProjector
+from lcf_jax.adapters.lcf import LCFProjector
+from lcf_jax.adapters.lcfx import Message, SpanPool
+from lcf_jax.kv import KVCache
+from lcf_jax.models.config import ModelConfig
+from lcf_jax.typing import Array
+
+KINDS = ("lcf", "lcfx", "c2c")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSpec:
+    """Everything that fixes an adapter's shapes and behaviour (hashable: a static jit argument)."""
+
+    kind: str
+    sharer: ModelConfig
+    receiver: ModelConfig
+    layers: tuple[int, ...]  # receiver layers with a projector, ascending
+    source_layers: tuple[int, ...]  # the sharer layer each of them reads
+    layer_map: str = "last_aligned"
+    latent_width: int = 128  # d of lcf / lcfx
+    hidden_width: int = 1024  # c2c's hidden width
+    dropout: float = 0.1
+    activation: str = "gelu"
+    gate_init: float = 0.0
+    message_slots: int = 1  # lcfx: summary slots per layer
+    receiver_conditioned: bool = False  # lcfx: span queries conditioned on the receiver's cache
+
+    @property
+    def sharer_width(self) -> int:
+        return self.sharer.kv_width
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} adapter, {len(self.layers)} of {self.receiver.num_layers} receiver layers, "
+            f"sharer cache [L={self.sharer.num_layers}, K={self.sharer.num_kv_heads}, H={self.sharer.head_dim}] -> "
+            f"receiver cache [L={self.receiver.num_layers}, K={self.receiver.num_kv_heads}, H={self.receiver.head_dim}]"
+        )
+
+
+def _check_cache(cache: KVCache, config: ModelConfig, role: str, spec: AdapterSpec) -> None:
+    got = (cache.k.shape[0], cache.k.shape[3], cache.k.shape[4])
+    want = (config.num_layers, config.num_kv_heads, config.head_dim)
+    if got != want:
+        raise ValueError(
+            f"{role} cache has shape {tuple(cache.k.shape)} [L, B, S, K, H] but this {spec.kind} adapter was built "
+            f"for a {role} with L={want[0]}, K={want[1]}, H={want[2]}: use an adapter built for this model pair"
+        )
+
+
+def _vmap_layers(stacked: nnx.Module, fn: Callable, *per_layer):
+    """Run `fn(module_of_one_layer, *inputs_of_that_layer)` for every layer as one vmapped call."""
+    graphdef, state = nnx.split(stacked)
+    return jax.vmap(lambda s, *xs: fn(nnx.merge(graphdef, s), *xs))(state, *per_layer)
+
+
+def _layer_keys(rng: Array | None, n: int) -> Array | None:
+    return None if rng is None else jax.random.split(rng, n)
+
+
+class Adapter(nnx.Module):
+    def __init__(self, spec: AdapterSpec, *, rngs: nnx.Rngs):
+        if spec.kind not in KINDS:
+            raise ValueError(f"unknown adapter kind {spec.kind!r}; choose one of {KINDS}")
+        self.spec = spec
+        r = spec.receiver
+        common = dict(dropout_rate=spec.dropout, activation=spec.activation, gate_init=spec.gate_init)
+
+        @nnx.split_rngs(splits=len(spec.layers))
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_projectors(rngs: nnx.Rngs):
+            if spec.kind == "c2c":
+                return C2CProjector(
+                    spec.sharer_width, r.num_kv_heads, r.head_dim, hidden=spec.hidden_width, rngs=rngs, **common
+                )
+            return LCFProjector(
+                spec.sharer_width, r.num_kv_heads, r.head_dim, latent_width=spec.latent_width, rngs=rngs, **common
+            )
+
+        self.projectors = make_projectors(rngs)
+        if spec.kind == "lcfx":
+            s = spec.sharer
+
+            @nnx.split_rngs(splits=len(spec.layers))
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_pools(rngs: nnx.Rngs):
+                return SpanPool(
+                    s.num_kv_heads,
+                    s.head_dim,
+                    slots=spec.message_slots,
+                    receiver_width=r.kv_width if spec.receiver_conditioned else None,
+                    rngs=rngs,
+                )
+
+            self.pool = make_pools(rngs)
+
+    # -- the residual core ------------------------------------------------------------------------
+
+    def residuals(self, sk, sv, rk, rv, *, rng: Array | None = None, temperature=1.0) -> tuple[Array, Array]:
+        """Per-layer residuals `[N, B, S, K_R, H_R]` from sharer entries `sk, sv` `[N, B, S, K_S, H_S]`
+        (one per receiver position) and receiver entries `rk, rv` `[N, B, S, K_R, H_R]`."""
+        keys = _layer_keys(rng, len(self.spec.layers))
+
+        def one(projector, sk, sv, rk, rv, key=None):
+            return projector(
+                sk.astype(jnp.float32),
+                sv.astype(jnp.float32),
+                rk.astype(jnp.float32),
+                rv.astype(jnp.float32),
+                key,
+                temperature,
+            )
+
+        args = (sk, sv, rk, rv) if keys is None else (sk, sv, rk, rv, keys)
+        return _vmap_layers(self.projectors, one, *args)
+
+    def apply_residuals(self, receiver: KVCache, dk: Array, dv: Array, mask: Array | None = None) -> KVCache:
+        """`R' = R + residual` on the adapter's layers, only where `mask` `[B, S]` (default: the
+        receiver's valid entries) is True. Other layers and entries are untouched."""
+        mask = receiver.valid_mask() if mask is None else mask
+        idx = jnp.asarray(self.spec.layers)
+        m = mask[None, :, :, None, None]
+        k_sel, v_sel = receiver.k[idx], receiver.v[idx]
+        new_k = jnp.where(m, (k_sel.astype(jnp.float32) + dk).astype(receiver.k.dtype), k_sel)
+        new_v = jnp.where(m, (v_sel.astype(jnp.float32) + dv).astype(receiver.v.dtype), v_sel)
+        return receiver.replace(k=receiver.k.at[idx].set(new_k), v=receiver.v.at[idx].set(new_v))
+
+    # -- shared context: position-matched caches (lcf, c2c) ----------------------------------------
+
+    def fuse_residuals(self, sharer: KVCache, receiver: KVCache, *, rng=None, temperature=1.0) -> tuple[Array, Array]:
+        """Residuals for a receiver cache from a sharer cache over the same tokens."""
+        spec = self.spec
+        if spec.kind == "lcfx":
+            raise ValueError("an lcfx adapter does not fuse position-matched caches: use summarize() and receive()")
+        _check_cache(sharer, spec.sharer, "sharer", spec)
+        _check_cache(receiver, spec.receiver, "receiver", spec)
+        if sharer.batch_size != receiver.batch_size:
+            raise ValueError(f"sharer batch {sharer.batch_size} != receiver batch {receiver.batch_size}")
+        s = receiver.capacity
+        sharer = sharer.with_capacity(s)
+        src = jnp.asarray(spec.source_layers)
+        idx = jnp.asarray(spec.layers)
+        return self.residuals(
+            sharer.k[src][:, :, :s],
+            sharer.v[src][:, :, :s],
+            receiver.k[idx],
+            receiver.v[idx],
+            rng=rng,
+            temperature=temperature,
+        )
+
+    def fuse(self, sharer: KVCache, receiver: KVCache, *, rng=None, temperature=1.0, mask=None) -> KVCache:
+        """Rewrite the receiver's cache from the sharer's cache of the same prompt. Entries are
+        fused where both caches hold a token (and `mask` `[B, S]`, if given, is True)."""
+        dk, dv = self.fuse_residuals(sharer, receiver, rng=rng, temperature=temperature)
+        both = receiver.valid_mask() & (jnp.arange(receiver.capacity)[None] < sharer.lengths[:, None])
+        return self.apply_residuals(receiver, dk, dv, both if mask is None else both & mask)
+
+    # -- different contexts: a message (lcfx) ------------------------------------------------------
+
+    def summarize(self, sharer: KVCache, span_ids: Array, num_spans: int, receiver: KVCache | None = None) -> Message:
+        """The message: per adapter layer, the two-stage pool over the sharer layer it reads.
+        `span_ids` `[B, S_S]` gives each sharer token's span (-1: padding, never pooled)."""
+        spec = self.spec
+        if spec.kind != "lcfx":
+            raise ValueError(f"summarize() needs an lcfx adapter, this one is {spec.kind!r}")
+        _check_cache(sharer, spec.sharer, "sharer", spec)
+        span_ids = jnp.asarray(span_ids, jnp.int32)
+        if span_ids.shape[0] != sharer.batch_size or span_ids.shape[1] > sharer.capacity:
+            raise ValueError(
+                f"span_ids shape {tuple(span_ids.shape)} does not fit the sharer cache [B={sharer.batch_size}, "
+                f"S={sharer.capacity}]"
+            )
+        # Tokens past a row's length are padding whatever span_ids says.
+        width = span_ids.shape[1]
+        span_ids = jnp.where(jnp.arange(width)[None] < sharer.lengths[:, None], span_ids, -1)
+        src = jnp.asarray(spec.source_layers)
+        sk, sv = sharer.k[src][:, :, :width], sharer.v[src][:, :, :width]
+        if spec.receiver_conditioned:
+            if receiver is None:
+                raise ValueError("this adapter's pool is receiver-conditioned: pass receiver= to summarize()")
+            _check_cache(receiver, spec.receiver, "receiver", spec)
+            idx = jnp.asarray(spec.layers)
+            valid = receiver.valid_mask()
+            k, v = _vmap_layers(
+                self.pool, lambda pool, a, b, rk: pool(a, b, span_ids, num_spans, rk, valid), sk, sv, receiver.k[idx]
+            )
+        else:
+            k, v = _vmap_layers(self.pool, lambda pool, a, b: pool(a, b, span_ids, num_spans), sk, sv)
+        return Message(k, v)
+
+    def check_message(self, message: Message) -> None:
+        spec = self.spec
+        want = (len(spec.layers), spec.message_slots, spec.sharer.num_kv_heads, spec.sharer.head_dim)
+        got = (message.k.shape[0], message.k.shape[2], message.k.shape[3], message.k.shape[4])
+        if got != want:
+            raise ValueError(
+                f"message of shape {tuple(message.k.shape)} [N, B, M, K, H] does not fit this adapter, which expects "
+                f"N={want[0]} layers, M={want[1]} slots, K={want[2]}, H={want[3]}: the message came from an adapter "
+                "built for other models"
+            )
+
+    def receive_residuals(self, message: Message, receiver: KVCache, *, rng=None, temperature=1.0):
+        self.check_message(message)
+        _check_cache(receiver, self.spec.receiver, "receiver", self.spec)
+        if message.batch_size != receiver.batch_size:
+            raise ValueError(f"message batch {message.batch_size} != receiver batch {receiver.batch_size}")
+        idx = jnp.asarray(self.spec.layers)
+        rk, rv = receiver.k[idx], receiver.v[idx]
+        # One summary per layer, broadcast to every receiver position (slots beyond the first are the
+        # prefix option's; in broadcast mode M is 1).
+        sk = jnp.broadcast_to(message.k[:, :, :1], (*rk.shape[:3], *message.k.shape[3:]))
+        sv = jnp.broadcast_to(message.v[:, :, :1], (*rv.shape[:3], *message.v.shape[3:]))
+        return self.residuals(sk, sv, rk, rv, rng=rng, temperature=temperature)
+
+    def receive(self, message: Message, receiver: KVCache, *, rng=None, temperature=1.0) -> KVCache:
+        """Apply a message to the receiver's own cache; its length does not change."""
+        dk, dv = self.receive_residuals(message, receiver, rng=rng, temperature=temperature)
+        return self.apply_residuals(receiver, dk, dv)
+
+    # -- inspection --------------------------------------------------------------------------------
+
+    def gate_logits(self) -> Array:
+        """`[N, 2]`: each kept layer's key and value gate logits."""
+        p = self.projectors
+        if self.spec.kind == "c2c":
+            return jnp.stack([p.key_gate_logit[...], p.value_gate_logit[...]], axis=-1)
+        return jnp.stack([p.k_gate_logit[...], p.v_gate_logit[...]], axis=-1)

@@ -1,0 +1,99 @@
+"""`build(kind, sharer, receiver, ...)`: the one way to make an adapter; `count_params`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lcf_jax.adapters.adapter import KINDS, Adapter, AdapterSpec
+from lcf_jax.adapters.blocks import ACTIVATIONS, layer_map as make_layer_map
+from lcf_jax.models import preset
+from lcf_jax.models.config import ModelConfig
+
+
+def _config(model) -> ModelConfig:
+    """Accept a ModelConfig, a loaded Model, or a preset name."""
+    if isinstance(model, ModelConfig):
+        return model
+    if isinstance(model, str):
+        return preset(model)
+    if hasattr(model, "config") and isinstance(model.config, ModelConfig):
+        return model.config
+    raise TypeError(f"expected a ModelConfig, a Model or a preset name, got {type(model).__name__}")
+
+
+def make_spec(
+    kind: str,
+    sharer,
+    receiver,
+    *,
+    latent_width: int = 128,
+    layer_map: str = "last_aligned",
+    keep_layers: Iterable[int] | None = None,
+    gate_init: float | None = None,
+    dropout: float = 0.1,
+    activation: str = "gelu",
+    hidden_width: int = 1024,
+    message_slots: int = 1,
+    receiver_conditioned: bool = False,
+) -> AdapterSpec:
+    if kind not in KINDS:
+        raise ValueError(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if kind != "lcfx" and (message_slots != 1 or receiver_conditioned):
+        raise ValueError("message_slots and receiver_conditioned are LCF-X options (kind='lcfx')")
+    sharer_config, receiver_config = _config(sharer), _config(receiver)
+    mapping = make_layer_map(layer_map, sharer_config.num_layers, receiver_config.num_layers)
+    layers = tuple(range(receiver_config.num_layers)) if keep_layers is None else tuple(sorted(set(keep_layers)))
+    bad = [t for t in layers if not 0 <= t < receiver_config.num_layers]
+    if bad or not layers:
+        raise ValueError(
+            f"keep_layers must be a non-empty subset of the receiver's layers 0..{receiver_config.num_layers - 1}, "
+            f"got {sorted(set(keep_layers or []))}"
+        )
+    if gate_init is None:
+        # LCF-X starts its gates open (sigmoid(1) = 0.73): at 0 they did not move early in training.
+        gate_init = 1.0 if kind == "lcfx" else 0.0
+    return AdapterSpec(
+        kind=kind,
+        sharer=sharer_config,
+        receiver=receiver_config,
+        layers=layers,
+        source_layers=tuple(mapping[t] for t in layers),
+        layer_map=layer_map,
+        latent_width=latent_width,
+        hidden_width=hidden_width,
+        dropout=dropout,
+        activation=activation,
+        gate_init=float(gate_init),
+        message_slots=message_slots,
+        receiver_conditioned=receiver_conditioned,
+    )
+
+
+def build(kind: str, sharer, receiver, *, seed: int = 0, abstract: bool = False, **options) -> Adapter:
+    """An adapter of `kind` ("lcf", "lcfx" or "c2c") between a sharer and a receiver (ModelConfigs,
+    loaded Models or preset names). Options: latent_width=128, layer_map="last_aligned" | "k_nearest",
+    keep_layers=None (all receiver layers), gate_init (0, or +1 for lcfx), dropout=0.1,
+    activation="gelu", hidden_width=1024 (c2c), message_slots=1 and receiver_conditioned=False (lcfx).
+    `abstract=True` gives shape-only parameters (no memory), e.g. to count them."""
+    spec = make_spec(kind, sharer, receiver, **options)
+    if abstract:
+        return nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(seed)))
+    return Adapter(spec, rngs=nnx.Rngs(seed))
+
+
+def count_params(adapter: nnx.Module) -> int:
+    """Trainable parameters of an adapter, real or abstract."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(adapter, nnx.Param)))
+
+
+def size_mb(adapter: nnx.Module, bytes_per_param: int = 2) -> float:
+    """Size in MB (10^6 bytes) when stored at `bytes_per_param` (2: bf16, as the paper reports)."""
+    return count_params(adapter) * bytes_per_param / 1e6

@@ -1,0 +1,65 @@
+"""The LCF projector (shared context), one per receiver layer: a joint K/V bottleneck of width d.
+
+    x = concat(S_K, S_V, R_K, R_V)                         # per token, flattened heads
+    z = ffn_1(ffn_0(down(x)))                              # d, two FFN blocks of width 4d
+    z_K, z_V = z[:d/2], z[d/2:]
+    alpha_K = sigmoid(k_weight(z)), alpha_V = sigmoid(v_weight(z))   # per head, from the FULL z
+    delta_K = k_up(z_K), delta_V = v_up(z_V)               # -> K_R*H_R
+    R_K' = R_K + gate(k_gate_logit) * alpha_K * delta_K    # same for V
+At d=128 for Qwen2.5-0.5B -> Qwen3-0.6B this is 692,626 parameters per layer (the paper's count).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lcf_jax.adapters.blocks import FFNBlock, gate
+from lcf_jax.typing import Array
+
+
+class LCFProjector(nnx.Module):
+    def __init__(
+        self,
+        sharer_width: int,
+        receiver_heads: int,
+        receiver_head_dim: int,
+        *,
+        latent_width: int = 128,
+        dropout_rate: float = 0.1,
+        activation: str = "gelu",
+        gate_init: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        if latent_width % 2:
+            raise ValueError(f"latent_width must be even (it splits into K and V halves), got {latent_width}")
+        d, out = latent_width, receiver_heads * receiver_head_dim
+        ffn = dict(dropout_rate=dropout_rate, activation=activation, rngs=rngs)
+        self.down = nnx.Linear(2 * sharer_width + 2 * out, d, rngs=rngs)
+        self.ffn_0 = FFNBlock(d, 4 * d, **ffn)
+        self.ffn_1 = FFNBlock(d, 4 * d, **ffn)
+        self.k_weight = nnx.Linear(d, receiver_heads, rngs=rngs)
+        self.v_weight = nnx.Linear(d, receiver_heads, rngs=rngs)
+        self.k_up = nnx.Linear(d // 2, out, rngs=rngs)
+        self.v_up = nnx.Linear(d // 2, out, rngs=rngs)
+        self.k_gate_logit = nnx.Param(jnp.full((), gate_init, jnp.float32))
+        self.v_gate_logit = nnx.Param(jnp.full((), gate_init, jnp.float32))
+        self.receiver_shape = (receiver_heads, receiver_head_dim)
+
+    def __call__(self, sk, sv, rk, rv, rng: Array | None = None, temperature=1.0) -> tuple[Array, Array]:
+        """Residuals `[B, S, K_R, H_R]` for the receiver's keys and values. `sk, sv` `[B, S, K_S, H_S]`
+        are the sharer's entries for each receiver position (position-matched, or LCF-X's summary
+        broadcast to every position); `rk, rv` `[B, S, K_R, H_R]` the receiver's own."""
+        b, s = rk.shape[:2]
+        heads, head_dim = self.receiver_shape
+        r0, r1, rk_gate, rv_gate = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
+        x = jnp.concatenate([t.reshape(b, s, -1) for t in (sk, sv, rk, rv)], axis=-1)
+        z = self.ffn_1(self.ffn_0(self.down(x), r0), r1)  # [B, S, R]
+        half = z.shape[-1] // 2
+        alpha_k, alpha_v = jax.nn.sigmoid(self.k_weight(z)), jax.nn.sigmoid(self.v_weight(z))  # [B, S, K_R]
+        delta_k = self.k_up(z[..., :half]).reshape(b, s, heads, head_dim)
+        delta_v = self.v_up(z[..., half:]).reshape(b, s, heads, head_dim)
+        g_k = gate(self.k_gate_logit[...], (b, s, heads, 1), rk_gate, temperature)
+        g_v = gate(self.v_gate_logit[...], (b, s, heads, 1), rv_gate, temperature)
+        return g_k * alpha_k[..., None] * delta_k, g_v * alpha_v[..., None] * delta_v
