@@ -9,7 +9,8 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.adapters.adapter import KINDS, Adapter, AdapterSpec
-from lcf_jax.adapters.blocks import ACTIVATIONS, layer_map as make_layer_map
+from lcf_jax.adapters.blocks import ACTIVATIONS
+from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.models import preset
 from lcf_jax.models.config import ModelConfig
 
