@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.kv import KVCache
-from lcf_jax.models.model import Model
+from lcf_jax.models.model import CACHE_BLOCK, Model
 from lcf_jax.typing import Array
 
 
@@ -122,10 +122,12 @@ def generate(
     stop_tokens: Sequence[int] | None = None,
     seed: int = 0,
     bucket: int = 64,
+    cache: KVCache | None = None,
 ) -> Generation:
     """Continue each row of `tokens` (`[B, T]` ids, right-padded with `lengths`, or a list of token
     lists) by up to `max_new_tokens` tokens. `temperature=0` is greedy; `stop_tokens` default to the
-    model's end-of-sequence ids."""
+    model's end-of-sequence ids. With `cache`, the tokens come after what the cache holds (e.g. a
+    receiver cache an adapter has rewritten)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0 or not 0 < top_p <= 1:
@@ -139,12 +141,20 @@ def generate(
     width = -(-t // bucket) * bucket
     tokens = jnp.pad(tokens, ((0, 0), (0, width - t)), constant_values=pad_id)
     stop = stop_token_ids(model) if stop_tokens is None else tuple(stop_tokens)
+    if cache is None:
+        cache = model.new_cache(b, width + max_new_tokens)
+    else:
+        cache.check_compatible(model.config, b)
+        needed = int(jnp.max(cache.lengths)) + width + max_new_tokens
+        grown = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
+        # The loop donates its cache; never hand it the caller's own buffers.
+        cache = jax.tree.map(jnp.copy, cache) if grown is cache else grown
     out, count, cache = _generate(
         model.graphdef,
         model.params,
         tokens,
         lengths,
-        model.new_cache(b, width + max_new_tokens),
+        cache,
         jnp.asarray(stop or (-1,), jnp.int32),
         jax.random.key(seed),
         jnp.float32(max(temperature, 1e-6)),

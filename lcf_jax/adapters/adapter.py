@@ -119,14 +119,9 @@ class Adapter(nnx.Module):
         keys = _layer_keys(rng, len(self.spec.layers))
 
         def one(projector, sk, sv, rk, rv, key=None):
-            return projector(
-                sk.astype(jnp.float32),
-                sv.astype(jnp.float32),
-                rk.astype(jnp.float32),
-                rv.astype(jnp.float32),
-                key,
-                temperature,
-            )
+            # Frozen models: no gradient flows from the adapter back into either model's cache.
+            sk, sv, rk, rv = (jax.lax.stop_gradient(x).astype(jnp.float32) for x in (sk, sv, rk, rv))
+            return projector(sk, sv, rk, rv, key, temperature)
 
         args = (sk, sv, rk, rv) if keys is None else (sk, sv, rk, rv, keys)
         return _vmap_layers(self.projectors, one, *args)
@@ -137,7 +132,7 @@ class Adapter(nnx.Module):
         mask = receiver.valid_mask() if mask is None else mask
         idx = jnp.asarray(self.spec.layers)
         m = mask[None, :, :, None, None]
-        k_sel, v_sel = receiver.k[idx], receiver.v[idx]
+        k_sel, v_sel = jax.lax.stop_gradient(receiver.k[idx]), jax.lax.stop_gradient(receiver.v[idx])
         new_k = jnp.where(m, (k_sel.astype(jnp.float32) + dk).astype(receiver.k.dtype), k_sel)
         new_v = jnp.where(m, (v_sel.astype(jnp.float32) + dv).astype(receiver.v.dtype), v_sel)
         return receiver.replace(k=receiver.k.at[idx].set(new_k), v=receiver.v.at[idx].set(new_v))
@@ -192,7 +187,8 @@ class Adapter(nnx.Module):
         width = span_ids.shape[1]
         span_ids = jnp.where(jnp.arange(width)[None] < sharer.lengths[:, None], span_ids, -1)
         src = jnp.asarray(spec.source_layers)
-        sk, sv = sharer.k[src][:, :, :width], sharer.v[src][:, :, :width]
+        sk = jax.lax.stop_gradient(sharer.k[src][:, :, :width])
+        sv = jax.lax.stop_gradient(sharer.v[src][:, :, :width])
         if spec.receiver_conditioned:
             if receiver is None:
                 raise ValueError("this adapter's pool is receiver-conditioned: pass receiver= to summarize()")
@@ -200,7 +196,11 @@ class Adapter(nnx.Module):
             idx = jnp.asarray(spec.layers)
             valid = receiver.valid_mask()
             k, v = _vmap_layers(
-                self.pool, lambda pool, a, b, rk: pool(a, b, span_ids, num_spans, rk, valid), sk, sv, receiver.k[idx]
+                self.pool,
+                lambda pool, a, b, rk: pool(a, b, span_ids, num_spans, rk, valid),
+                sk,
+                sv,
+                jax.lax.stop_gradient(receiver.k[idx]),
             )
         else:
             k, v = _vmap_layers(self.pool, lambda pool, a, b: pool(a, b, span_ids, num_spans), sk, sv)
