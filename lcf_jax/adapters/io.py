@@ -1,0 +1,145 @@
+"""Adapters on disk: `adapter.safetensors` (stacked parameters, `[N, ...]` per kept layer) plus
+`adapter_config.json` (kind, widths, layer map, kept layers, hard gate values, both model
+architectures, dtype, lcf_jax version). The same files are what `lcf export` writes for PyTorch.
+
+Loading checks the file against the architecture the config describes and names any missing,
+unexpected or misshapen tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from lcf_jax.adapters.adapter import Adapter, AdapterSpec
+from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.loading.safetensors import SafetensorsReader
+from lcf_jax.models.config import ModelConfig, RopeScaling
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def _model_config_to_json(config: ModelConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    if isinstance(config.eos_token_id, tuple):
+        out["eos_token_id"] = list(config.eos_token_id)
+    return out
+
+
+def _model_config_from_json(data: dict[str, Any]) -> ModelConfig:
+    data = dict(data)
+    if data.get("rope_scaling"):
+        data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
+    if isinstance(data.get("eos_token_id"), list):
+        data["eos_token_id"] = tuple(data["eos_token_id"])
+    return ModelConfig(**data)
+
+
+def spec_to_json(spec: AdapterSpec) -> dict[str, Any]:
+    out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    out["sharer"] = _model_config_to_json(spec.sharer)
+    out["receiver"] = _model_config_to_json(spec.receiver)
+    out["layers"], out["source_layers"] = list(spec.layers), list(spec.source_layers)
+    return out
+
+
+def spec_from_json(data: dict[str, Any]) -> AdapterSpec:
+    known = {f.name for f in dataclasses.fields(AdapterSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CheckpointError(f"{CONFIG_FILE} has unknown adapter fields {unknown}; known: {sorted(known)}")
+    data = dict(data)
+    data["sharer"] = _model_config_from_json(data["sharer"])
+    data["receiver"] = _model_config_from_json(data["receiver"])
+    data["layers"], data["source_layers"] = tuple(data["layers"]), tuple(data["source_layers"])
+    return AdapterSpec(**data)
+
+
+def flat_params(adapter: Adapter) -> dict[str, jax.Array]:
+    return {".".join(map(str, path)): v.get_value() for path, v in nnx.to_flat_state(nnx.state(adapter, nnx.Param))}
+
+
+def save_adapter(adapter: Adapter, directory: str | os.PathLike, *, dtype: str = "float32") -> Path:
+    """Write the adapter's two files into `directory`; returns the directory."""
+    from lcf_jax import __version__  # noqa: PLC0415 - the package imports this module
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = adapter.spec
+    tensors = {name: np.asarray(jax.device_get(x)).astype(_DTYPES[dtype]) for name, x in flat_params(adapter).items()}
+    gates = np.asarray(adapter.gate_logits() > 0)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "lcf_jax_version": __version__,
+        "dtype": dtype,
+        "num_params": int(sum(t.size for t in tensors.values())),
+        "adapter": spec_to_json(spec),
+        # Inference gates are hard (logit > 0): stored per kept layer for readers that only apply it.
+        "hard_gates": {str(layer): {"key": bool(k), "value": bool(v)} for layer, (k, v) in zip(spec.layers, gates)},
+    }
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "lcf_jax", "kind": spec.kind})
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: not a saved lcf_jax adapter")
+    try:
+        config = json.loads(path.read_text())
+        config["spec"] = spec_from_json(config["adapter"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a valid adapter config ({type(e).__name__}: {e})") from None
+    return config
+
+
+def load_adapter(directory: str | os.PathLike, *, expect_kind: str | None = None) -> Adapter:
+    """Read an adapter written by `save_adapter` / `lcf export` (parameters come back as float32)."""
+    directory = Path(directory)
+    config = read_adapter_config(directory)
+    spec: AdapterSpec = config["spec"]
+    if expect_kind is not None and spec.kind != expect_kind:
+        raise CheckpointError(f"{directory} holds a {spec.kind!r} adapter, expected {expect_kind!r}")
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
+    reader = SafetensorsReader([weights])
+    abstract = nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0)))
+    expected = {name: tuple(x.shape) for name, x in flat_params(abstract).items()}
+    found = reader.shapes()
+    problems = [f"missing tensor {n!r}" for n in sorted(set(expected) - set(found))]
+    problems += [f"unexpected tensor {n!r}" for n in sorted(set(found) - set(expected))]
+    problems += [
+        f"tensor {n!r} has shape {found[n]}, expected {expected[n]} for this {spec.kind} adapter"
+        for n in sorted(set(found) & set(expected))
+        if tuple(found[n]) != expected[n]
+    ]
+    if problems:
+        raise CheckpointError(f"adapter {directory} does not match its config: {'; '.join(problems[:8])}")
+    graphdef, state = nnx.split(abstract)
+    flat = nnx.to_flat_state(state)
+    filled = nnx.from_flat_state(
+        [
+            (path, v.replace(jnp.asarray(reader.read(".".join(map(str, path))), jnp.float32)))
+            if isinstance(v, nnx.Param)
+            else (path, v)
+            for path, v in flat
+        ]
+    )
+    return nnx.merge(graphdef, filled)
