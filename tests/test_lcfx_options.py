@@ -1,0 +1,52 @@
+"""LCF-X options beyond the paper, both off by default: a receiver-conditioned pool and a message of
+several summary slots injected as extra receiver cache entries."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny_pair import RECEIVER, SHARER, tiny_models
+
+from lcf_jax import communicate
+from lcf_jax.adapters import build, count_params
+
+CONTEXTS = [[[5, 9, 13], [2, 77, 3, 8]], [[41, 3], [8, 8, 1]]]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+def test_receiver_conditioned_pool_starts_as_the_plain_pool_and_then_depends_on_the_receiver(models):
+    sharer, receiver = models
+    plain = build("lcfx", SHARER, RECEIVER)
+    conditioned = build("lcfx", SHARER, RECEIVER, receiver_conditioned=True)
+    extra = RECEIVER.num_layers * RECEIVER.kv_width * SHARER.kv_width  # one cond projection per layer
+    assert count_params(conditioned) == count_params(plain) + extra
+    r_a = communicate.prefill(receiver, [[5, 9, 13, 2], [1, 2, 3]], bucket=8)
+    r_b = communicate.prefill(receiver, [[60, 61, 62, 63], [70, 71, 72]], bucket=8)
+    with pytest.raises(ValueError, match="receiver-conditioned"):
+        communicate.send(conditioned, sharer, CONTEXTS, bucket=8)
+    base = communicate.send(plain, sharer, CONTEXTS, bucket=8)
+    np.testing.assert_allclose(
+        communicate.send(conditioned, sharer, CONTEXTS, receiver_cache=r_a, bucket=8).k, base.k, rtol=1e-6, atol=1e-7
+    )  # cond starts at zero
+    pool = conditioned.pool
+    pool.cond.kernel[...] = jax.random.normal(jax.random.key(0), pool.cond.kernel.shape) * 0.5
+    m_a = communicate.send(conditioned, sharer, CONTEXTS, receiver_cache=r_a, bucket=8)
+    m_b = communicate.send(conditioned, sharer, CONTEXTS, receiver_cache=r_b, bucket=8)
+    assert m_a.k.shape == base.k.shape
+    assert not np.allclose(m_a.k, base.k) and not np.allclose(m_a.k, m_b.k)
+
+
+def test_conditioned_end_to_end(models):
+    sharer, receiver = models
+    adapter = build("lcfx", SHARER, RECEIVER, receiver_conditioned=True)
+    out, message = communicate.answer_different_contexts(
+        adapter, sharer, receiver, CONTEXTS, [[5, 9, 13, 2], [1, 2, 3]], 3, stop_tokens=[]
+    )
+    assert out.tokens.shape == (2, 3) and message.k.shape == (4, 2, 1, 2, 8)
+    assert jnp.isfinite(message.k).all()
