@@ -7,6 +7,8 @@ row: row b's tokens sit at positions `0 .. lengths[b]-1` and new tokens are writ
 computes what its rows compute alone. Entries at or beyond `lengths[b]` are never attended to.
 
 The adapters read one model's cache and write another's, so any layer can be read and replaced.
+An adapter may also inject entries that only some layers see (`entry_mask`) and that take no text
+position (`position_shift`); both are None, and cost nothing, otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class KVCache:
     k: Array  # [L, B, S, K, H]
     v: Array  # [L, B, S, K, H]
     lengths: Array  # [B] int32
+    # Only after an adapter injected prefix entries (LCF-X `message_injection="prefix"`):
+    entry_mask: Array | None = None  # [L, B, S] bool: which entries each layer may attend to
+    position_shift: Array | None = None  # [B] int32: injected entries, which take no text position
 
     @classmethod
     def init(cls, config: ModelConfig, batch: int, capacity: int, dtype: DType = jnp.float32) -> KVCache:
@@ -73,7 +78,8 @@ class KVCache:
         if extra <= 0:
             return self
         pad = ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))
-        return self.replace(k=jnp.pad(self.k, pad), v=jnp.pad(self.v, pad))
+        entry_mask = None if self.entry_mask is None else jnp.pad(self.entry_mask, pad[:3])
+        return self.replace(k=jnp.pad(self.k, pad), v=jnp.pad(self.v, pad), entry_mask=entry_mask)
 
     def check_compatible(self, config: ModelConfig, batch: int) -> None:
         """Raise a clear error if this cache was not made for `config` and a batch of `batch` rows."""

@@ -50,3 +50,53 @@ def test_conditioned_end_to_end(models):
     )
     assert out.tokens.shape == (2, 3) and message.k.shape == (4, 2, 1, 2, 8)
     assert jnp.isfinite(message.k).all()
+
+
+def continuation_logits(receiver, cache):
+    from lcf_jax.models.model import forward
+
+    tokens = jnp.array([[11, 12], [13, 14]], jnp.int32)
+    return np.asarray(forward(receiver.graphdef, receiver.params, tokens, cache.with_capacity(cache.capacity + 8))[0])
+
+
+def test_prefix_slots_become_extra_entries_seen_only_by_open_layers(models):
+    sharer, receiver = models
+    adapter = build("lcfx", SHARER, RECEIVER, message_slots=3, message_injection="prefix", keep_layers=[1, 2, 3])
+    adapter.projectors.k_gate_logit[...] = jnp.asarray([1.0, -1.0, 1.0])
+    adapter.projectors.v_gate_logit[...] = jnp.asarray([1.0, -1.0, -1.0])
+    message = communicate.send(adapter, sharer, CONTEXTS, bucket=8)
+    assert message.k.shape == (3, 2, 3, 2, 8)  # [N layers, B, M slots, K, H], for any context length
+    assert communicate.send(adapter, sharer, [[[1] * 50], [[2]]], bucket=8).k.shape == message.k.shape
+    r_cache = communicate.prefill(receiver, [[5, 9, 13, 2], [1, 2, 3]], bucket=8)
+    fused = communicate.receive(adapter, message, r_cache)
+    np.testing.assert_array_equal(np.asarray(fused.lengths), np.asarray(r_cache.lengths) + 3)
+    np.testing.assert_array_equal(np.asarray(fused.position_shift), [3, 3])
+    row0 = np.asarray(fused.entry_mask)[:, 0, 4:7]  # row 0's injected slots, per layer
+    np.testing.assert_array_equal(row0.all(axis=1), [False, True, False, True])  # no projector / closed / open
+    assert np.asarray(fused.entry_mask)[:, 0, :4].all()  # the receiver's own entries stay visible
+    assert not np.allclose(continuation_logits(receiver, fused), continuation_logits(receiver, r_cache))
+
+
+def test_prefix_with_closed_gates_changes_nothing(models):
+    sharer, receiver = models
+    adapter = build("lcfx", SHARER, RECEIVER, message_slots=2, message_injection="prefix")
+    adapter.projectors.k_gate_logit[...] = jnp.full((4,), -1.0)
+    adapter.projectors.v_gate_logit[...] = jnp.full((4,), -1.0)
+    r_cache = communicate.prefill(receiver, [[5, 9, 13, 2], [1, 2, 3]], bucket=8)
+    fused = communicate.receive(adapter, communicate.send(adapter, sharer, CONTEXTS, bucket=8), r_cache)
+    # Invisible entries with no text position: the same numbers (up to summation order).
+    np.testing.assert_allclose(
+        continuation_logits(receiver, fused), continuation_logits(receiver, r_cache), rtol=1e-6, atol=1e-6
+    )
+    out, _ = communicate.answer_different_contexts(
+        adapter, sharer, receiver, CONTEXTS, [[5, 9, 13, 2, 8], [1, 2, 3, 4]], 5, stop_tokens=[]
+    )
+    alone = __import__("lcf_jax").generate(receiver, [[5, 9, 13, 2, 8], [1, 2, 3, 4]], 5, stop_tokens=[])
+    np.testing.assert_array_equal(out.tokens, alone.tokens)
+
+
+def test_prefix_options_are_validated():
+    with pytest.raises(ValueError, match="prefix"):
+        build("lcfx", SHARER, RECEIVER, message_slots=4)
+    with pytest.raises(ValueError, match="LCF-X options"):
+        build("lcf", SHARER, RECEIVER, message_injection="prefix")

@@ -20,6 +20,7 @@ from lcf_jax.adapters.lcf import LCFProjector
 from lcf_jax.adapters.lcfx import Message, SpanPool
 from lcf_jax.kv import KVCache
 from lcf_jax.models.config import ModelConfig
+from lcf_jax.models.layers import write_rows
 from lcf_jax.typing import Array
 
 KINDS = ("lcf", "lcfx", "c2c")
@@ -41,6 +42,7 @@ class AdapterSpec:
     activation: str = "gelu"
     gate_init: float = 0.0
     message_slots: int = 1  # lcfx: summary slots per layer
+    message_injection: str = "broadcast"  # lcfx: "broadcast" (the paper) or "prefix" (slots as extra entries)
     receiver_conditioned: bool = False  # lcfx: span queries conditioned on the receiver's cache
 
     @property
@@ -218,6 +220,8 @@ class Adapter(nnx.Module):
             )
 
     def receive_residuals(self, message: Message, receiver: KVCache, *, rng=None, temperature=1.0):
+        if self.spec.message_injection == "prefix":
+            raise ValueError("a prefix-mode message adds entries instead of residuals: apply it with receive()")
         self.check_message(message)
         _check_cache(receiver, self.spec.receiver, "receiver", self.spec)
         if message.batch_size != receiver.batch_size:
@@ -231,9 +235,47 @@ class Adapter(nnx.Module):
         return self.residuals(sk, sv, rk, rv, rng=rng, temperature=temperature)
 
     def receive(self, message: Message, receiver: KVCache, *, rng=None, temperature=1.0) -> KVCache:
-        """Apply a message to the receiver's own cache; its length does not change."""
+        """Apply a message to the receiver's own cache. Broadcast mode edits the receiver's entries
+        (its length does not change); prefix mode appends the message's slots as M new entries."""
+        if self.spec.message_injection == "prefix":
+            return self.inject_prefix(message, receiver, rng=rng, temperature=temperature)
         dk, dv = self.receive_residuals(message, receiver, rng=rng, temperature=temperature)
         return self.apply_residuals(receiver, dk, dv)
+
+    def inject_prefix(self, message: Message, receiver: KVCache, *, rng=None, temperature=1.0) -> KVCache:
+        """Prefix mode: each slot m becomes one extra receiver entry per adapter layer, the LCF
+        projector's gated output for (K*_m, V*_m) with empty receiver inputs. The entries take cache
+        slots after each row's tokens but no text position, and a layer sees them only if it has a
+        projector whose gate is open (at inference) — so closed gates still change nothing."""
+        self.check_message(message)
+        _check_cache(receiver, self.spec.receiver, "receiver", self.spec)
+        spec, m = self.spec, self.spec.message_slots
+        n, b = len(spec.layers), message.batch_size
+        r = spec.receiver
+        empty = jnp.zeros((n, b, m, r.num_kv_heads, r.head_dim), jnp.float32)
+        ek, ev = self.residuals(message.k, message.v, empty, empty, rng=rng, temperature=temperature)
+        idx = jnp.asarray(spec.layers)
+        full_k = jnp.zeros((r.num_layers, *ek.shape[1:]), receiver.k.dtype).at[idx].set(ek.astype(receiver.k.dtype))
+        full_v = jnp.zeros((r.num_layers, *ev.shape[1:]), receiver.v.dtype).at[idx].set(ev.astype(receiver.v.dtype))
+        cache = receiver.with_capacity(receiver.capacity + m)
+        write = jax.vmap(write_rows, in_axes=(0, 0, None))  # over layers
+        starts = cache.lengths
+        # Inference: a layer sees the entries if a gate is open. Training: soft gates scale the
+        # entries, which stay visible.
+        open_gate = jnp.any(self.gate_logits() > 0, axis=-1) if rng is None else jnp.ones((n,), bool)  # [N]
+        layer_sees = jnp.zeros((r.num_layers,), bool).at[idx].set(open_gate)  # [L]
+        visible = jnp.ones(cache.k.shape[:3], bool) if cache.entry_mask is None else cache.entry_mask
+        slot = jnp.arange(cache.capacity)[None, :]
+        injected = (slot >= starts[:, None]) & (slot < starts[:, None] + m)  # [B, S]
+        visible = jnp.where(injected[None], layer_sees[:, None, None], visible)
+        shift = jnp.zeros_like(starts) if cache.position_shift is None else cache.position_shift
+        return cache.replace(
+            k=write(cache.k, full_k, starts),
+            v=write(cache.v, full_v, starts),
+            lengths=starts + m,
+            entry_mask=visible,
+            position_shift=shift + m,
+        )
 
     # -- inspection --------------------------------------------------------------------------------
 

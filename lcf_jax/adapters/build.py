@@ -39,6 +39,7 @@ def make_spec(
     activation: str = "gelu",
     hidden_width: int = 1024,
     message_slots: int = 1,
+    message_injection: str = "broadcast",
     receiver_conditioned: bool = False,
 ) -> AdapterSpec:
     if kind not in KINDS:
@@ -47,8 +48,12 @@ def make_spec(
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if kind != "lcfx" and (message_slots != 1 or receiver_conditioned):
-        raise ValueError("message_slots and receiver_conditioned are LCF-X options (kind='lcfx')")
+    if kind != "lcfx" and (message_slots != 1 or receiver_conditioned or message_injection != "broadcast"):
+        raise ValueError("message_slots, message_injection and receiver_conditioned are LCF-X options (kind='lcfx')")
+    if message_injection not in ("broadcast", "prefix"):
+        raise ValueError(f"message_injection must be 'broadcast' or 'prefix', got {message_injection!r}")
+    if message_injection == "broadcast" and message_slots != 1:
+        raise ValueError("several message slots need message_injection='prefix' (broadcast mode sends one summary)")
     sharer_config, receiver_config = _config(sharer), _config(receiver)
     mapping = make_layer_map(layer_map, sharer_config.num_layers, receiver_config.num_layers)
     layers = tuple(range(receiver_config.num_layers)) if keep_layers is None else tuple(sorted(set(keep_layers)))
@@ -74,6 +79,7 @@ def make_spec(
         activation=activation,
         gate_init=float(gate_init),
         message_slots=message_slots,
+        message_injection=message_injection,
         receiver_conditioned=receiver_conditioned,
     )
 
@@ -82,7 +88,8 @@ def build(kind: str, sharer, receiver, *, seed: int = 0, abstract: bool = False,
     """An adapter of `kind` ("lcf", "lcfx" or "c2c") between a sharer and a receiver (ModelConfigs,
     loaded Models or preset names). Options: latent_width=128, layer_map="last_aligned" | "k_nearest",
     keep_layers=None (all receiver layers), gate_init (0, or +1 for lcfx), dropout=0.1,
-    activation="gelu", hidden_width=1024 (c2c), message_slots=1 and receiver_conditioned=False (lcfx).
+    activation="gelu", hidden_width=1024 (c2c); lcfx only: message_slots=1, message_injection="broadcast"
+    (or "prefix": the slots become extra receiver cache entries), receiver_conditioned=False.
     `abstract=True` gives shape-only parameters (no memory), e.g. to count them."""
     spec = make_spec(kind, sharer, receiver, **options)
     if abstract:

@@ -67,21 +67,28 @@ class Transformer(nnx.Module):
             input_lengths = jnp.full((b,), t, jnp.int32)
         starts = cache.lengths
         new_lengths = starts + input_lengths
-        positions = starts[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
-        key_positions = jnp.arange(cache.capacity, dtype=jnp.int32)[None, None, :]
+        slots = starts[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T] cache index of each token
+        key_slots = jnp.arange(cache.capacity, dtype=jnp.int32)[None, None, :]
         # Causal within the new tokens, everything valid before them, nothing past a row's length.
-        mask = (key_positions <= positions[:, :, None]) & (key_positions < new_lengths[:, None, None])  # [B, T, S]
+        mask = (key_slots <= slots[:, :, None]) & (key_slots < new_lengths[:, None, None])  # [B, T, S]
+        # Injected entries (an adapter's prefix message) occupy cache slots but no text positions.
+        positions = slots if cache.position_shift is None else slots - cache.position_shift[:, None]
+        entry_mask = cache.entry_mask
+        if entry_mask is not None:  # the new tokens' own entries are visible in every layer
+            fresh = (key_slots[:, 0] >= starts[:, None]) & (key_slots[:, 0] < starts[:, None] + t)  # [B, S]
+            entry_mask = entry_mask | fresh[None]
 
         x = self.embed_tokens(tokens)  # [B, T, D]
         graphdef, layer_state = nnx.split(self.layers)
 
         def one_layer(x, layer_inputs):
-            params, k_l, v_l = layer_inputs
-            x, k_l, v_l = nnx.merge(graphdef, params)(x, k_l, v_l, positions, starts, mask)
+            params, k_l, v_l, visible_l = layer_inputs
+            layer_mask = mask if visible_l is None else mask & visible_l[:, None, :]
+            x, k_l, v_l = nnx.merge(graphdef, params)(x, k_l, v_l, positions, starts, layer_mask)
             return x, (k_l, v_l)
 
         with jax.named_scope("layers"):
-            x, (k, v) = jax.lax.scan(one_layer, x, (layer_state, cache.k, cache.v))
+            x, (k, v) = jax.lax.scan(one_layer, x, (layer_state, cache.k, cache.v, entry_mask))
 
         if last_only:
             last = jnp.maximum(input_lengths - 1, 0)
@@ -89,4 +96,4 @@ class Transformer(nnx.Module):
         x = self.norm(x)
         with jax.named_scope("lm_head"):
             logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
-        return logits.astype(jnp.float32), KVCache(k=k, v=v, lengths=new_lengths)
+        return logits.astype(jnp.float32), cache.replace(k=k, v=v, lengths=new_lengths, entry_mask=entry_mask)
