@@ -1,0 +1,45 @@
+"""The training batch: what one step reads, already split around the fused section.
+
+Per the method, the fused section is every prompt token except the last; the last prompt token and
+the response run through the receiver alone, attending to the fused cache. So a batch carries:
+
+  prefix  `[B, Tp]` (+ lengths): the receiver's prompt minus its last token;
+  sharer  `[B, Ts]` (+ lengths): shared context: the sharer's tokens aligned with the prefix;
+                                 lcfx: the sharer's own context, with `span_ids` `[B, Ts]`;
+  suffix  `[B, Tq]` (+ lengths): the last prompt token, then the response; the loss is the
+                                 next-token cross-entropy over the response only.
+With gradient accumulation every array has a leading micro-batch axis `[A, B, ...]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from lcf_jax.typing import Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    prefix: Array
+    prefix_lengths: Array
+    sharer: Array
+    sharer_lengths: Array
+    span_ids: Array
+    suffix: Array
+    suffix_lengths: Array
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the step reads (both models), for throughput."""
+        return int(np.sum(self.prefix_lengths) + np.sum(self.sharer_lengths) + np.sum(self.suffix_lengths))
+
+    def micro_batches(self, count: int) -> Batch:
+        """`[B, ...]` -> `[count, B / count, ...]` for gradient accumulation."""
+        b = self.prefix.shape[0]
+        if b % count:
+            raise ValueError(f"batch of {b} rows does not split into {count} micro-batches")
+        return jax.tree.map(lambda x: x.reshape(count, b // count, *x.shape[1:]), self)
