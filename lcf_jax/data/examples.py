@@ -1,0 +1,74 @@
+"""A tokenized training or evaluation example, and how examples become a `Batch`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from lcf_jax.train.batch import Batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """prompt: the receiver's prompt ids (its last token starts the answer); response: the target ids.
+    Shared context: `sharer_prompt` aligned one to one with `prompt` (None: the same ids).
+    Different contexts (lcfx): `sharer_context`, the sharer's own context as spans of ids."""
+
+    prompt: tuple[int, ...]
+    response: tuple[int, ...]
+    sharer_prompt: tuple[int, ...] | None = None
+    sharer_context: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self):
+        if len(self.prompt) < 2 or not self.response:
+            raise ValueError("an example needs a prompt of at least 2 tokens and a non-empty response")
+        if self.sharer_prompt is not None and len(self.sharer_prompt) != len(self.prompt):
+            raise ValueError("sharer_prompt must align one to one with prompt")
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.response)
+
+
+def _pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    out = np.full((len(rows), width), pad_id, np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out, np.array([len(r) for r in rows], np.int32)
+
+
+def round_up(n: int, bucket: int) -> int:
+    return max(bucket, -(-n // bucket) * bucket)
+
+
+def batch_widths(examples: Sequence[Example], bucket: int) -> tuple[int, int, int]:
+    """(prefix, sharer, suffix) widths for these examples, rounded up to `bucket` so batches of
+    similar lengths share one compiled step."""
+    prefix = max(len(e.prompt) - 1 for e in examples)
+    suffix = max(len(e.response) + 1 for e in examples)
+    sharer = max(
+        sum(len(s) for s in e.sharer_context) if e.sharer_context is not None else len(e.prompt) - 1 for e in examples
+    )
+    return round_up(prefix, bucket), round_up(max(sharer, 1), bucket), round_up(suffix, bucket)
+
+
+def make_batch(
+    examples: Sequence[Example], *, pad_id: int = 0, widths: tuple[int, int, int] | None = None, bucket: int = 16
+) -> Batch:
+    """Pad examples into a `Batch` (the layout `train.batch` documents)."""
+    tp, ts, tq = widths or batch_widths(examples, bucket)
+    prefix, prefix_lengths = _pad([e.prompt[:-1] for e in examples], tp, pad_id)
+    suffix, suffix_lengths = _pad([(e.prompt[-1], *e.response) for e in examples], tq, pad_id)
+    span_ids = np.full((len(examples), ts), -1, np.int32)
+    sharer_rows = []
+    for i, e in enumerate(examples):
+        if e.sharer_context is not None:
+            row = [t for span in e.sharer_context for t in span]
+            span_ids[i, : len(row)] = np.repeat(np.arange(len(e.sharer_context)), [len(s) for s in e.sharer_context])
+        else:
+            row = list((e.sharer_prompt or e.prompt)[:-1])
+        sharer_rows.append(row)
+    sharer, sharer_lengths = _pad(sharer_rows, ts, pad_id)
+    return Batch(prefix, prefix_lengths, sharer, sharer_lengths, span_ids, suffix, suffix_lengths)
