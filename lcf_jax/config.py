@@ -1,0 +1,87 @@
+"""Experiment configs: `configs/<name>.py` files whose `get_config(arg)` returns an
+`ml_collections.ConfigDict`, loaded as `path[:arg]` with `--config.key=value` overrides.
+
+The config is locked after loading, so an override of a key that does not exist is an error that
+lists the valid keys, and a value is converted to the type the key already has.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file, argument or override that cannot be used; names it and the fix."""
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += flat_keys(value, name + ".")
+        else:
+            keys.append(name)
+    return sorted(keys)
+
+
+def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load `configs/x.py` or `configs/x.py:arg`, then apply `key=value` overrides."""
+    path_text, _, arg = str(spec).partition(":")
+    path = Path(path_text)
+    if not path.exists():
+        raise ConfigError(f"no config file at {path}")
+    module_spec = importlib.util.spec_from_file_location(f"lcf_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} has no get_config(arg) function")
+    config = module.get_config(arg) if arg else module.get_config()
+    config.lock()
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def _convert(text: str, current):
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"expected true or false, got {text!r}")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, str):
+        return text
+    try:  # None, tuples, lists, dicts: a Python literal
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Apply one `key.path=value` (a leading `config.` or `--config.` is accepted)."""
+    key, sep, text = override.removeprefix("--").removeprefix("config.").partition("=")
+    if not sep:
+        raise ConfigError(f"override {override!r} is not key=value")
+    if key not in flat_keys(config):
+        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(flat_keys(config))}")
+    parent = config
+    *parents, last = key.split(".")
+    for name in parents:
+        parent = parent[name]
+    try:
+        value = _convert(text, parent[last])
+        with parent.unlocked():
+            parent[last] = value
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"bad value for {key}: {e}") from None

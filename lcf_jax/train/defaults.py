@@ -1,0 +1,47 @@
+"""Training defaults every experiment config starts from: the paper's recipe (method.md, Training)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+    config.sharer = "qwen2.5-0.5b-instruct"  # load_model source, or "random" with sharer_arch
+    config.receiver = "qwen3-0.6b"
+    config.sharer_arch = ml_collections.ConfigDict()
+    config.receiver_arch = ml_collections.ConfigDict()
+    config.model_dtype = "float32"  # frozen base models; the adapter keeps float32 master weights
+
+    config.adapter = ml_collections.ConfigDict()
+    config.adapter.kind = "lcf"
+    config.adapter.options = ml_collections.ConfigDict(dict(latent_width=128, dropout=0.1))
+    config.adapter.num_spans = 16  # lcfx: span slots per row
+
+    config.data = ml_collections.ConfigDict()
+    config.data.kind = "jsonl"
+    config.data.path = ""
+    config.data.max_length = 2048
+    config.data.limit = 0  # 0: no limit
+    config.data.count = 0  # synthetic only
+    config.data.fixed_response = False  # synthetic only: one response for every prompt
+    config.data.seed = 0
+    config.data.bucket = 64
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 300
+    config.train.batch_size = 256  # effective (global) batch
+    config.train.micro_batches = 32  # gradient accumulation: batch_size / micro_batches rows at a time
+    config.train.learning_rate = 1e-4
+    config.train.weight_decay = 0.01
+    config.train.warmup_fraction = 0.1
+    config.train.clip = 1.0
+    config.train.tau_initial = 1.0
+    config.train.tau_final = 0.001
+    config.train.anneal_steps = 1929
+
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True))
+    config.log_every = 10
+    return config

@@ -1,0 +1,235 @@
+"""The training loop: models, adapter, mesh and shardings from a config; resume from the work
+directory; the jitted step; progress, logs (JSONL + TensorBoard), checkpoints and a final summary.
+
+Only process 0 logs and writes files other than checkpoints (Orbax coordinates those itself).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from tqdm.auto import tqdm
+
+from lcf_jax.adapters import Adapter, make_spec
+from lcf_jax.data.chat import load_chat_examples
+from lcf_jax.data.examples import Example
+from lcf_jax.data.pipeline import BatchIterator
+from lcf_jax.data.synthetic import copy_task
+from lcf_jax.loading import load_model
+from lcf_jax.models.config import ModelConfig
+from lcf_jax.models.model import Model
+from lcf_jax.sharding import describe, logical_spec, make_mesh, tree_shardings
+from lcf_jax.train.batch import Batch
+from lcf_jax.train.checkpoint import Checkpointer, abstract_like
+from lcf_jax.train.step import StepConfig, TrainState, init_state, make_optimizer, make_train_step
+
+log = logging.getLogger("lcf_jax.train")
+
+
+def build_model(config: ml_collections.ConfigDict, role: str) -> Model:
+    """`config.<role>` is a load_model source, or "random" with `config.<role>_arch` (tests)."""
+    source = config[role]
+    if source == "random":
+        return Model.random(
+            ModelConfig(**config[f"{role}_arch"]), dtype=config.model_dtype, seed=config.seed + 1 + (role == "receiver")
+        )
+    return load_model(source, dtype=config.model_dtype)
+
+
+def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: Model) -> list[Example]:
+    data = config.data
+    if data.kind == "synthetic":
+        return copy_task(
+            data.count,
+            vocab=receiver.config.vocab_size,
+            seed=data.seed,
+            lcfx=config.adapter.kind == "lcfx",
+            fixed_response=data.fixed_response,
+        )
+    if data.kind == "jsonl":
+        if receiver.tokenizer is None:
+            raise ValueError("data.kind='jsonl' needs a receiver with a tokenizer (its chat template)")
+        return load_chat_examples(
+            data.path, receiver.tokenizer, sharer.tokenizer, max_length=data.max_length, limit=data.limit or None
+        )
+    raise ValueError(f"unknown data.kind {data.kind!r}; choose 'synthetic' or 'jsonl'")
+
+
+def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Place a host array that every process holds in full onto a (possibly multi-host) sharding."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def put_batch(batch: Batch, mesh, process_count: int) -> Batch:
+    """Per-host rows `[A, b, ...]` -> one global batch sharded over the batch axis."""
+
+    def one(x):
+        spec = logical_spec((None, "batch") + (None,) * (x.ndim - 2))
+        global_shape = (x.shape[0], x.shape[1] * process_count, *x.shape[2:])
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x, global_shape)
+
+    return jax.tree.map(one, batch)
+
+
+class MetricsLog:
+    """metrics.jsonl (appended, flushed per line: a killed run keeps what it logged) + TensorBoard."""
+
+    def __init__(self, workdir: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = (workdir / "metrics.jsonl").open("a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter  # noqa: PLC0415 - optional
+
+                self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboardX is not installed: no TensorBoard event files")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None and "step" in record:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the training the config describes; returns the final summary."""
+    workdir = Path(workdir)
+    primary = jax.process_index() == 0
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+    t = config.train
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    sharer, receiver = build_model(config, "sharer"), build_model(config, "receiver")
+    spec = make_spec(config.adapter.kind, sharer.config, receiver.config, **dict(config.adapter.options))
+    optimizer = make_optimizer(
+        learning_rate=t.learning_rate,
+        steps=t.steps,
+        warmup_fraction=t.warmup_fraction,
+        weight_decay=t.weight_decay,
+        clip=t.clip,
+    )
+
+    def fresh_state() -> TrainState:
+        return init_state(nnx.state(Adapter(spec, rngs=nnx.Rngs(config.seed)), nnx.Param), optimizer)
+
+    abstract = jax.eval_shape(fresh_state)
+    state_shardings = tree_shardings(abstract, mesh)
+    frozen_shardings = (tree_shardings(sharer.params, mesh), tree_shardings(receiver.params, mesh))
+    frozen = jax.tree.map(lambda x, s: put_global(np.asarray(x), s), (sharer.params, receiver.params), frozen_shardings)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0))))
+
+    examples = build_examples(config, sharer, receiver)
+    iterator = BatchIterator(
+        examples,
+        t.batch_size,
+        seed=config.seed,
+        bucket=config.data.bucket,
+        pad_id=receiver.config.pad_token_id or 0,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    checkpointer = Checkpointer(
+        workdir / "checkpoints",
+        every=config.checkpoint.every,
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
+    restored = checkpointer.restore(abstract_like(abstract, state_shardings))
+    if restored is None:
+        state = jax.jit(fresh_state, out_shardings=state_shardings)()
+    else:
+        state, data_state = restored
+        iterator.set_state(data_state)
+    start = int(jax.device_get(state.step))
+
+    step_config = StepConfig(
+        num_spans=config.adapter.num_spans,
+        tau_initial=t.tau_initial,
+        tau_final=t.tau_final,
+        anneal_steps=t.anneal_steps,
+        seed=config.seed,
+    )
+    step_fn = jax.jit(
+        make_train_step(graphdef, sharer, receiver, optimizer, step_config),
+        in_shardings=(state_shardings, frozen_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+    metrics_log = MetricsLog(workdir, primary)
+    counts = {"sharer": sharer.num_params(), "receiver": receiver.num_params(), "adapter": count_params_state(state)}
+    if primary:
+        log.info("%s; %s", describe(mesh), spec.describe())
+        log.info(
+            "parameters: sharer %s, receiver %s, adapter %s (trainable)",
+            *(f"{counts[k]:,}" for k in ("sharer", "receiver", "adapter")),
+        )
+        metrics_log.write(
+            {
+                "event": "start" if start == 0 else "resume",
+                "from_step": start,
+                "parameters": counts,
+                "mesh": dict(mesh.shape),
+                "processes": jax.process_count(),
+            }
+        )
+
+    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (progress and primary) or None)
+    last_time, tokens = time.perf_counter(), 0
+    metrics = {}
+    for step in range(start, t.steps):
+        local = next(iterator)
+        tokens += local.num_tokens * jax.process_count()
+        batch = put_batch(local.micro_batches(t.micro_batches), mesh, jax.process_count())
+        state, metrics = step_fn(state, frozen, batch)
+        checkpointer.save(step + 1, state, iterator.get_state())
+        if (step + 1) % config.log_every == 0 or step + 1 == t.steps:
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            values["tokens_per_second"] = tokens / max(now - last_time, 1e-9)
+            last_time, tokens = now, 0
+            metrics_log.write({"step": step + 1, **values})
+            bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
+        bar.update(1)
+    bar.close()
+    if checkpointer.latest_step() != t.steps:
+        checkpointer.save(t.steps, state, iterator.get_state(), force=True)
+    checkpointer.wait()
+    checkpointer.close()
+    summary = {
+        "steps": t.steps,
+        "resumed_from": start,
+        "parameters": counts,
+        "final": {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {},
+    }
+    if primary:
+        metrics_log.write({"event": "end", **summary})
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    metrics_log.close()
+    return summary
+
+
+def count_params_state(state: TrainState) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
