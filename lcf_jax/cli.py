@@ -58,6 +58,58 @@ def _chat(args: argparse.Namespace) -> int:
         print(answer(text), flush=True)
 
 
+def _quiet_logs() -> None:
+    import logging  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        from absl import logging as absl_logging  # noqa: PLC0415 - orbax logs every save at INFO
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """Multi-host: `jax.distributed.initialize()` when asked by flag or by the usual environment
+    (TPU pods and SLURM are auto-detected; JAX_COORDINATOR_ADDRESS etc. otherwise)."""
+    import os  # noqa: PLC0415
+
+    import jax  # noqa: PLC0415
+
+    wanted = args.distributed or args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not wanted:
+        return
+    if jax.config.jax_platforms in (None, "", "cpu") and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes need a collectives backend
+    kwargs = {}
+    if args.coordinator:
+        kwargs = dict(
+            coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        )
+    jax.distributed.initialize(**kwargs)
+
+
+def _train(args: argparse.Namespace) -> int:
+    init_distributed(args)
+    _quiet_logs()
+    from lcf_jax.config import load_config  # noqa: PLC0415
+    from lcf_jax.train.loop import train  # noqa: PLC0415
+
+    config = load_config(args.config, args.overrides)
+    summary = train(config, args.workdir, progress=not args.no_progress)
+    import jax  # noqa: PLC0415
+
+    if jax.process_index() == 0:
+        final = summary["final"]
+        print(
+            f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}): "
+            f"final loss {final.get('loss', float('nan')):.4f}; adapter {summary['parameters']['adapter']:,} "
+            f"parameters; work directory {args.workdir}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lcf",
@@ -82,11 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     chat.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype")
     chat.set_defaults(run=_chat)
+
+    train = sub.add_parser(
+        "train",
+        help="train an adapter from an experiment config",
+        description="Train an adapter. A second run with the same --workdir resumes from its last checkpoint. "
+        "Override any config value with --config.KEY=VALUE (e.g. --config.train.steps=10); an unknown key is "
+        "an error that lists the valid ones.",
+    )
+    train.add_argument("--config", required=True, help="configs/NAME.py or configs/NAME.py:ARG")
+    train.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard events, summary")
+    train.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+    train.add_argument("--coordinator", default=None, help="host:port of process 0, for explicit multi-process runs")
+    train.add_argument("--num-processes", type=int, default=None, help="with --coordinator")
+    train.add_argument("--process-id", type=int, default=None, help="with --coordinator")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    args.overrides = [a for a in rest if a.startswith("--config.")]
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.overrides and args.command != "train":
+        parser.error("--config.KEY=VALUE overrides go with `lcf train`")
     from lcf_jax.loading import CheckpointError  # noqa: PLC0415
     from lcf_jax.models import UnsupportedArchitectureError  # noqa: PLC0415
 

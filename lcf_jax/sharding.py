@@ -33,7 +33,10 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "head_dim": None,
     "seq": None,
     "adapter_in": ("fsdp",),
-    "adapter_out": ("tensor",),
+    # Adapter output dims stay replicated: with the latent axis (which the LCF projector splits into
+    # K and V halves) split over `tensor`, XLA's CPU SPMD partitioner produced wrong gradients for the
+    # trunk (forward exact) on a 2x2x2 mesh. Adapters are small; fsdp over their inputs suffices.
+    "adapter_out": None,
     "scalar": None,
 }
 

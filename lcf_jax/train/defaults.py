@@ -41,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.tau_final = 0.001
     config.train.anneal_steps = 1929
 
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # data=-1 takes the devices fsdp x tensor leave; num_devices=0 uses them all (N: the first N).
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=0))
     config.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True))
     config.log_every = 10
     return config

@@ -120,7 +120,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
     t = config.train
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    devices = jax.devices()[: config.mesh.num_devices] if config.mesh.num_devices else None
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
     sharer, receiver = build_model(config, "sharer"), build_model(config, "receiver")
     spec = make_spec(config.adapter.kind, sharer.config, receiver.config, **dict(config.adapter.options))
     optimizer = make_optimizer(

@@ -145,7 +145,7 @@ def make_train_step(
         gate_logits = nnx.merge(adapter_graphdef, state.params).gate_logits()
         metrics = {
             "loss": nll / count,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "response_tokens": count,
             "temperature": temperature,
             "gate_open_fraction": jnp.mean((gate_logits > 0).astype(jnp.float32)),
