@@ -260,3 +260,19 @@ def test_end_to_end_with_closed_gates_answers_like_the_receiver_alone(models):
             )
             assert message.nbytes == 2 * 4 * 2 * 1 * 2 * 8 * 4
         np.testing.assert_array_equal(out.tokens, alone.tokens)
+
+
+def test_per_row_keys_give_a_row_the_same_noise_whatever_its_neighbours(models):
+    s_cache, r_cache = caches(models)
+    adapter = build("lcf", SHARER, RECEIVER, gate_init=0.5, dropout=0.2)
+    keys = jax.vmap(lambda row: jax.random.fold_in(jax.random.key(7), row))(jnp.arange(2))
+    dk, dv = adapter.fuse_residuals(s_cache, r_cache, rng=keys)
+
+    def row(cache, i):
+        return cache.replace(k=cache.k[:, i : i + 1], v=cache.v[:, i : i + 1], lengths=cache.lengths[i : i + 1])
+
+    alone_k, alone_v = adapter.fuse_residuals(row(s_cache, 1), row(r_cache, 1), rng=keys[1:])
+    np.testing.assert_allclose(dk[:, 1:], alone_k, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dv[:, 1:], alone_v, rtol=1e-5, atol=1e-6)
+    other, _ = adapter.fuse_residuals(s_cache, r_cache, rng=keys[::-1])
+    assert not np.allclose(other[:, 1], dk[:, 1])  # the noise really is keyed by the row's key

@@ -180,3 +180,57 @@ def test_config_overrides_are_checked():
     with pytest.raises(ConfigError, match="no config file"):
         load_config(ROOT / "configs" / "nope.py")
     shutil.rmtree(ROOT / "configs" / "__pycache__", ignore_errors=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
+    settings = ["--config.train.steps=5", "--config.checkpoint.async_save=false"]
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "TQDM_DISABLE": "1"}
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lcf_jax.cli",
+                "train",
+                "--config",
+                TINY,
+                "--workdir",
+                str(tmp_path / "multi"),
+                "--no-progress",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                *settings,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    assert "trained 5 steps" in outputs[0] and "trained 5 steps" not in outputs[1]  # only process 0 reports
+    start = json.loads((tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["processes"] == 2 and start["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+    single = run_tiny(tmp_path / "single", "mesh.data=8")
+    np.testing.assert_allclose(losses(tmp_path / "multi"), single, rtol=1e-5)
+    # The two-process checkpoint restores in this single process.
+    restored, data = final_params(tmp_path / "multi")
+    reference, _ = final_params(tmp_path / "single")
+    assert int(restored.step) == 5 and data["position"] == 5
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

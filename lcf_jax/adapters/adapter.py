@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lcf_jax.adapters.blocks import split_keys
 from lcf_jax.adapters.c2c import C2CProjector
 from lcf_jax.adapters.lcf import LCFProjector
 from lcf_jax.adapters.lcfx import Message, SpanPool
@@ -74,7 +75,8 @@ def _vmap_layers(stacked: nnx.Module, fn: Callable, *per_layer):
 
 
 def _layer_keys(rng: Array | None, n: int) -> Array | None:
-    return None if rng is None else jax.random.split(rng, n)
+    """`[N]` keys (or `[N, B]` per-row keys), one per adapter layer, for the vmap over layers."""
+    return None if rng is None else jnp.stack(split_keys(rng, n))
 
 
 class Adapter(nnx.Module):

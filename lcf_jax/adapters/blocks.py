@@ -2,7 +2,9 @@
 schedule, dropout with explicit keys, and the receiver-to-sharer layer maps.
 
 Randomness is explicit: a call with `rng=None` is inference (no dropout, hard gates `logit > 0`);
-a call with a key is training, and the same key gives the same result.
+a call with a key is training, and the same key gives the same result. `rng` is either one key or
+one key per batch row (`[B]`): per-row keys make the noise of an example independent of which
+micro-batch, device or host it lands on, so a step computes the same on any topology.
 """
 
 from __future__ import annotations
@@ -24,11 +26,26 @@ ACTIVATIONS = {
 LAYER_MAPS = ("last_aligned", "k_nearest")
 
 
+def split_keys(rng: Array | None, n: int) -> list[Array | None]:
+    """n independent keys (or per-row key arrays) from one key (or per-row keys)."""
+    if rng is None:
+        return [None] * n
+    keys = jax.random.split(rng, n) if rng.ndim == 0 else jax.vmap(lambda key: jax.random.split(key, n))(rng)
+    return [keys[..., i] for i in range(n)]  # each: one key, or [B] per-row keys
+
+
+def _random(sample, rng: Array, shape: tuple[int, ...]) -> Array:
+    """`sample(key, shape)`, or per batch row when `rng` holds one key per row (`shape[0]` rows)."""
+    if rng.ndim == 0:
+        return sample(rng, shape)
+    return jax.vmap(lambda key: sample(key, shape[1:]))(rng)
+
+
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:
     """Inverted dropout; identity when `rng` is None or `rate` is 0."""
     if rng is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    keep = _random(lambda key, shape: jax.random.bernoulli(key, 1.0 - rate, shape), rng, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
@@ -59,7 +76,7 @@ def gate(logit: Array, noise_shape: tuple[int, ...], rng: Array | None, temperat
     (per batch row, token and head, as C2C does). Inference: the hard gate `logit > 0`."""
     if rng is None:
         return jnp.broadcast_to((logit > 0).astype(jnp.float32), noise_shape)
-    u = jax.random.uniform(rng, noise_shape, jnp.float32)
+    u = _random(lambda key, shape: jax.random.uniform(key, shape, jnp.float32), rng, noise_shape)
     g = -jnp.log(-jnp.log(u + 1e-20) + 1e-20)
     return jax.nn.sigmoid((logit + g) / temperature)
 

@@ -15,12 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcf_jax.adapters.blocks import FFNBlock, gate
+from lcf_jax.adapters.blocks import FFNBlock, gate, split_keys
 from lcf_jax.typing import Array
-
-
-def _split(rng: Array | None, n: int) -> list[Array | None]:
-    return [None] * n if rng is None else list(jax.random.split(rng, n))
 
 
 class C2CProjector(nnx.Module):
@@ -51,7 +47,7 @@ class C2CProjector(nnx.Module):
     def _branch(self, kind: str, source: Array, target: Array, rng: Array | None, temperature) -> Array:
         b, s = target.shape[:2]
         heads, head_dim = self.receiver_shape
-        r_in, r_mlp1, r_proj, r_scalar, r_gate = _split(rng, 5)
+        r_in, r_mlp1, r_proj, r_scalar, r_gate = split_keys(rng, 5)
         x = jnp.concatenate([source.reshape(b, s, -1), target.reshape(b, s, -1)], axis=-1)
         h = getattr(self, f"{kind}_mlp1")(getattr(self, f"{kind}_in")(x), r_mlp1)
         delta = getattr(self, f"{kind}_proj_out")(getattr(self, f"{kind}_proj_mlp2")(h, r_proj))
@@ -62,5 +58,5 @@ class C2CProjector(nnx.Module):
     def __call__(self, sk, sv, rk, rv, rng: Array | None = None, temperature=1.0) -> tuple[Array, Array]:
         """Residuals `[B, S, K_R, H_R]` for the receiver's keys and values from position-matched
         sharer `sk, sv` `[B, S, K_S, H_S]` and receiver `rk, rv`."""
-        r_key, r_value = _split(rng, 2)
+        r_key, r_value = split_keys(rng, 2)
         return self._branch("key", sk, rk, r_key, temperature), self._branch("value", sv, rv, r_value, temperature)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcf_jax.adapters.blocks import FFNBlock, gate
+from lcf_jax.adapters.blocks import FFNBlock, gate, split_keys
 from lcf_jax.typing import Array
 
 
@@ -53,7 +53,7 @@ class LCFProjector(nnx.Module):
         broadcast to every position); `rk, rv` `[B, S, K_R, H_R]` the receiver's own."""
         b, s = rk.shape[:2]
         heads, head_dim = self.receiver_shape
-        r0, r1, rk_gate, rv_gate = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
+        r0, r1, rk_gate, rv_gate = split_keys(rng, 4)
         x = jnp.concatenate([t.reshape(b, s, -1) for t in (sk, sv, rk, rv)], axis=-1)
         z = self.ffn_1(self.ffn_0(self.down(x), r0), r1)  # [B, S, R]
         half = z.shape[-1] // 2

@@ -55,9 +55,15 @@ def batch_widths(examples: Sequence[Example], bucket: int) -> tuple[int, int, in
 
 
 def make_batch(
-    examples: Sequence[Example], *, pad_id: int = 0, widths: tuple[int, int, int] | None = None, bucket: int = 16
+    examples: Sequence[Example],
+    *,
+    pad_id: int = 0,
+    widths: tuple[int, int, int] | None = None,
+    bucket: int = 16,
+    first_row: int = 0,
 ) -> Batch:
-    """Pad examples into a `Batch` (the layout `train.batch` documents)."""
+    """Pad examples into a `Batch` (the layout `train.batch` documents); `first_row` is the global
+    index of the first example (a host's offset in the global batch)."""
     tp, ts, tq = widths or batch_widths(examples, bucket)
     prefix, prefix_lengths = _pad([e.prompt[:-1] for e in examples], tp, pad_id)
     suffix, suffix_lengths = _pad([(e.prompt[-1], *e.response) for e in examples], tq, pad_id)
@@ -71,4 +77,5 @@ def make_batch(
             row = list((e.sharer_prompt or e.prompt)[:-1])
         sharer_rows.append(row)
     sharer, sharer_lengths = _pad(sharer_rows, ts, pad_id)
-    return Batch(prefix, prefix_lengths, sharer, sharer_lengths, span_ids, suffix, suffix_lengths)
+    row_ids = np.arange(first_row, first_row + len(examples), dtype=np.int32)
+    return Batch(prefix, prefix_lengths, sharer, sharer_lengths, span_ids, suffix, suffix_lengths, row_ids)

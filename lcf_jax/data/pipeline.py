@@ -51,8 +51,8 @@ class BatchIterator(Iterator[Batch]):
         self.position += 1
         widths = batch_widths(chosen, self.bucket)
         per_host = self.global_batch_size // self.process_count
-        mine = chosen[self.process_index * per_host : (self.process_index + 1) * per_host]
-        return make_batch(mine, pad_id=self.pad_id, widths=widths)
+        first = self.process_index * per_host
+        return make_batch(chosen[first : first + per_host], pad_id=self.pad_id, widths=widths, first_row=first)
 
     def get_state(self) -> dict[str, Any]:
         return {

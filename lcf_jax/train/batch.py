@@ -8,6 +8,9 @@ the response run through the receiver alone, attending to the fused cache. So a 
                                  lcfx: the sharer's own context, with `span_ids` `[B, Ts]`;
   suffix  `[B, Tq]` (+ lengths): the last prompt token, then the response; the loss is the
                                  next-token cross-entropy over the response only.
+  row_ids `[B]`: each row's index in the global batch; training noise (Gumbel gates, dropout) is
+                 keyed by it, so a row draws the same noise whichever micro-batch, device or host
+                 computes it.
 With gradient accumulation every array has a leading micro-batch axis `[A, B, ...]`.
 """
 
@@ -31,6 +34,7 @@ class Batch:
     span_ids: Array
     suffix: Array
     suffix_lengths: Array
+    row_ids: Array
 
     @property
     def num_tokens(self) -> int:

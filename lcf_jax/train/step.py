@@ -122,11 +122,11 @@ def make_train_step(
 
         def micro(carry, inputs):
             grads_sum, nll_sum, count = carry
-            index, micro_batch = inputs
+            micro_batch = inputs
 
             def loss(params):
                 adapter = nnx.merge(adapter_graphdef, params)
-                rng = jax.random.fold_in(step_key, index)
+                rng = jax.vmap(lambda row: jax.random.fold_in(step_key, row))(micro_batch.row_ids)  # per row
                 return token_losses(adapter, sharer, receiver, frozen, micro_batch, rng, temperature, config.num_spans)
 
             (nll, n), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -134,10 +134,7 @@ def make_train_step(
             return (grads_sum, nll_sum + nll, count + n), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        micro_count = batch.prefix.shape[0]
-        (grads, nll, count), _ = jax.lax.scan(
-            micro, (zeros, jnp.float32(0.0), jnp.float32(0.0)), (jnp.arange(micro_count), batch)
-        )
+        (grads, nll, count), _ = jax.lax.scan(micro, (zeros, jnp.float32(0.0), jnp.float32(0.0)), batch)
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
