@@ -100,13 +100,19 @@ def test_launch_scripts_refuse_missing_arguments():
 
 
 @pytest.mark.parametrize(
-    "name,kind,count",
-    [("paper_lcf.py", "lcf", 19_393_528), ("paper_lcf.py:256", "lcf", 53_409_272), ("c2c.py", "c2c", 477_848_056)],
+    "name,kind,count,steps",
+    [
+        ("paper_lcf.py", "lcf", 19_393_528, 300),
+        ("paper_lcf.py:256", "lcf", 53_409_272, 300),
+        ("c2c.py", "c2c", 477_848_056, 300),
+        ("paper_lcfx.py", "lcfx", 25_873_400, 276),
+    ],
 )
-def test_paper_configs_build_the_papers_adapters(name, kind, count):
+def test_paper_configs_build_the_papers_adapters(name, kind, count, steps):
     config = load_config(f"{ROOT / 'configs'}/{name}")
-    assert config.adapter.kind == kind and config.train.steps == 300 and config.train.batch_size == 256
-    assert config.train.learning_rate == 1e-4 and config.seed == 42 and config.train.anneal_steps == 1929
+    assert config.adapter.kind == kind and config.train.steps == steps and config.train.batch_size == 256
+    assert config.train.learning_rate == 1e-4 and config.seed == 42
+    assert config.train.anneal_steps == (1929 if kind != "lcfx" else 276)  # one epoch each
     adapter = build(kind, config.sharer, config.receiver, abstract=True, **dict(config.adapter.options))
     assert count_params(adapter) == count
 
@@ -186,3 +192,23 @@ def test_iterator_is_deterministic_split_per_host_and_resumable():
     np.testing.assert_array_equal(next(again).suffix, next(whole).suffix)
     with pytest.raises(ValueError, match="another dataset or seed"):
         BatchIterator(examples, 8, seed=2).set_state(state)
+
+
+def test_split_context_question_jsonl(tmp_path, chat_tokenizer):
+    from lcf_jax.data.qa import Question, load_question_examples, write_questions
+
+    questions = [
+        Question("q1", "what is two plus two", ("two plus two is four", "hi there"), ("you are kind",), ("four",)),
+        Question("q2", "what is kind", ("hello",), (), ("you", "you are")),
+    ]
+    path = write_questions(questions, tmp_path / "qa.jsonl")
+    examples = load_question_examples(path, chat_tokenizer)
+    assert len(examples) == 2 and len(examples[0].sharer_context) == 2
+    assert chat_tokenizer.decode(examples[0].response).split() == ["four", "<|im_end|>"]
+    assert "kind" in chat_tokenizer.decode(examples[0].prompt)  # the receiver's own paragraph
+    assert "plus" not in chat_tokenizer.decode([t for s in examples[1].sharer_context for t in s])
+    seen = load_question_examples(path, chat_tokenizer, sees_question=True)
+    assert len(seen[0].sharer_context) == 3  # the question becomes one more span
+    path.write_text('{"id": 1, "question": "x"}\n')
+    with pytest.raises(DataError, match=r"qa.jsonl:1: expected an object with id, question"):
+        load_question_examples(path, chat_tokenizer)

@@ -20,12 +20,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.adapter.num_spans = 16  # lcfx: span slots per row
 
     config.data = ml_collections.ConfigDict()
-    config.data.kind = "jsonl"
+    config.data.kind = "jsonl"  # "jsonl" (chat), "qa_jsonl" (split-context questions) or "synthetic"
     config.data.path = ""
     config.data.max_length = 2048
     config.data.limit = 0  # 0: no limit
     config.data.count = 0  # synthetic only
     config.data.fixed_response = False  # synthetic only: one response for every prompt
+    config.data.sharer_sees_question = False  # qa_jsonl: the sharer reads the question too (method: open)
     config.data.seed = 0
     config.data.bucket = 64
 

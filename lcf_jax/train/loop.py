@@ -23,6 +23,7 @@ from lcf_jax.adapters import Adapter, make_spec
 from lcf_jax.data.chat import load_chat_examples
 from lcf_jax.data.examples import Example
 from lcf_jax.data.pipeline import BatchIterator
+from lcf_jax.data.qa import load_question_examples
 from lcf_jax.data.synthetic import copy_task
 from lcf_jax.loading import load_model
 from lcf_jax.models.config import ModelConfig
@@ -61,7 +62,18 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
         return load_chat_examples(
             data.path, receiver.tokenizer, sharer.tokenizer, max_length=data.max_length, limit=data.limit or None
         )
-    raise ValueError(f"unknown data.kind {data.kind!r}; choose 'synthetic' or 'jsonl'")
+    if data.kind == "qa_jsonl":
+        if receiver.tokenizer is None:
+            raise ValueError("data.kind='qa_jsonl' needs a receiver with a tokenizer (its chat template)")
+        return load_question_examples(
+            data.path,
+            receiver.tokenizer,
+            sharer.tokenizer,
+            sees_question=data.sharer_sees_question,
+            max_length=data.max_length,
+            limit=data.limit or None,
+        )
+    raise ValueError(f"unknown data.kind {data.kind!r}; choose 'synthetic', 'jsonl' (chat) or 'qa_jsonl'")
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
