@@ -102,21 +102,13 @@ def test_loss_falls_and_frozen_models_stay_bit_identical():
     jax.tree.map(np.testing.assert_array_equal, after, before)
 
 
-def lcf_train(workdir: Path, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "TQDM_DISABLE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "lcf_jax.cli",
-        "train",
-        "--config",
-        TINY,
-        "--workdir",
-        str(workdir),
-        "--no-progress",
-        *overrides,
-    ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def lcf_train(workdir: Path, *arguments: str, devices: int = 2) -> subprocess.Popen:
+    """`lcf train` on the tiny config in a subprocess with `devices` fake CPU devices."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "lcf_jax.cli", "train", "--config", TINY, "--workdir", str(workdir)]
+    return subprocess.Popen(
+        [*command, "--no-progress", *arguments], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def final_params(workdir: Path):
@@ -193,31 +185,17 @@ def free_port() -> int:
 def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
     settings = ["--config.train.steps=5", "--config.checkpoint.async_save=false"]
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "TQDM_DISABLE": "1"}
     workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lcf_jax.cli",
-                "train",
-                "--config",
-                TINY,
-                "--workdir",
-                str(tmp_path / "multi"),
-                "--no-progress",
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-                *settings,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        lcf_train(
+            tmp_path / "multi",
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(i),
+            *settings,
+            devices=4,
         )
         for i in range(2)
     ]
