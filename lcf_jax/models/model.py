@@ -47,7 +47,9 @@ def flat_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
 
 def state_from_flat(abstract: nnx.State, flat: dict[str, Any]) -> nnx.State:
     """Fill an abstract state with arrays keyed by dotted module path."""
-    return nnx.from_flat_state([(path, v.replace(flat[".".join(map(str, path))])) for path, v in nnx.to_flat_state(abstract)])
+    return nnx.from_flat_state(
+        [(path, v.replace(flat[".".join(map(str, path))])) for path, v in nnx.to_flat_state(abstract)]
+    )
 
 
 def flat_from_state(state: nnx.State) -> dict[str, Array]:
@@ -75,7 +77,13 @@ class Model:
     """
 
     def __init__(
-        self, config: ModelConfig, graphdef: nnx.GraphDef, params: nnx.State, *, tokenizer: Any = None, dtype=jnp.float32
+        self,
+        config: ModelConfig,
+        graphdef: nnx.GraphDef,
+        params: nnx.State,
+        *,
+        tokenizer: Any = None,
+        dtype=jnp.float32,
     ):
         self.config = config
         self.graphdef = graphdef
@@ -84,7 +92,9 @@ class Model:
         self.dtype = jnp.dtype(dtype)
 
     @classmethod
-    def random(cls, config: ModelConfig, *, dtype: DType | str = "float32", seed: int = 0, tokenizer: Any = None) -> Model:
+    def random(
+        cls, config: ModelConfig, *, dtype: DType | str = "float32", seed: int = 0, tokenizer: Any = None
+    ) -> Model:
         """Random weights at the config's shapes (tests, benchmarks, shape checks)."""
         dtype = resolve_dtype(dtype)
         graphdef, params = nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(seed)))
