@@ -74,6 +74,14 @@ def _vmap_layers(stacked: nnx.Module, fn: Callable, *per_layer):
     return jax.vmap(lambda s, *xs: fn(nnx.merge(graphdef, s), *xs))(state, *per_layer)
 
 
+def _select(cache: KVCache, layers: tuple[int, ...]) -> tuple[Array, Array]:
+    """Keys and values of `layers` `[N, B, S, K, H]` (no gather when they are all the layers in order)."""
+    if layers == tuple(range(cache.num_layers)):
+        return cache.k, cache.v
+    idx = jnp.asarray(layers)
+    return cache.k[idx], cache.v[idx]
+
+
 def _layer_keys(rng: Array | None, n: int) -> Array | None:
     """`[N]` keys (or `[N, B]` per-row keys), one per adapter layer, for the vmap over layers."""
     return None if rng is None else jnp.stack(split_keys(rng, n))
@@ -134,12 +142,17 @@ class Adapter(nnx.Module):
         """`R' = R + residual` on the adapter's layers, only where `mask` `[B, S]` (default: the
         receiver's valid entries) is True. Other layers and entries are untouched."""
         mask = receiver.valid_mask() if mask is None else mask
-        idx = jnp.asarray(self.spec.layers)
         m = mask[None, :, :, None, None]
+
+        def add(cache, residual):
+            return jnp.where(m, (cache.astype(jnp.float32) + residual).astype(cache.dtype), cache)
+
+        if self.spec.layers == tuple(range(receiver.num_layers)):  # every layer: no gather, no scatter
+            k, v = jax.lax.stop_gradient(receiver.k), jax.lax.stop_gradient(receiver.v)
+            return receiver.replace(k=add(k, dk), v=add(v, dv))
+        idx = jnp.asarray(self.spec.layers)
         k_sel, v_sel = jax.lax.stop_gradient(receiver.k[idx]), jax.lax.stop_gradient(receiver.v[idx])
-        new_k = jnp.where(m, (k_sel.astype(jnp.float32) + dk).astype(receiver.k.dtype), k_sel)
-        new_v = jnp.where(m, (v_sel.astype(jnp.float32) + dv).astype(receiver.v.dtype), v_sel)
-        return receiver.replace(k=receiver.k.at[idx].set(new_k), v=receiver.v.at[idx].set(new_v))
+        return receiver.replace(k=receiver.k.at[idx].set(add(k_sel, dk)), v=receiver.v.at[idx].set(add(v_sel, dv)))
 
     # -- shared context: position-matched caches (lcf, c2c) ----------------------------------------
 
@@ -153,17 +166,9 @@ class Adapter(nnx.Module):
         if sharer.batch_size != receiver.batch_size:
             raise ValueError(f"sharer batch {sharer.batch_size} != receiver batch {receiver.batch_size}")
         s = receiver.capacity
-        sharer = sharer.with_capacity(s)
-        src = jnp.asarray(spec.source_layers)
-        idx = jnp.asarray(spec.layers)
-        return self.residuals(
-            sharer.k[src][:, :, :s],
-            sharer.v[src][:, :, :s],
-            receiver.k[idx],
-            receiver.v[idx],
-            rng=rng,
-            temperature=temperature,
-        )
+        sk, sv = _select(sharer.with_capacity(s), spec.source_layers)
+        rk, rv = _select(receiver, spec.layers)
+        return self.residuals(sk[:, :, :s], sv[:, :, :s], rk, rv, rng=rng, temperature=temperature)
 
     def fuse(self, sharer: KVCache, receiver: KVCache, *, rng=None, temperature=1.0, mask=None) -> KVCache:
         """Rewrite the receiver's cache from the sharer's cache of the same prompt. Entries are
@@ -228,8 +233,7 @@ class Adapter(nnx.Module):
         _check_cache(receiver, self.spec.receiver, "receiver", self.spec)
         if message.batch_size != receiver.batch_size:
             raise ValueError(f"message batch {message.batch_size} != receiver batch {receiver.batch_size}")
-        idx = jnp.asarray(self.spec.layers)
-        rk, rv = receiver.k[idx], receiver.v[idx]
+        rk, rv = _select(receiver, self.spec.layers)
         # One summary per layer, broadcast to every receiver position (slots beyond the first are the
         # prefix option's; in broadcast mode M is 1).
         sk = jnp.broadcast_to(message.k[:, :, :1], (*rk.shape[:3], *message.k.shape[3:]))

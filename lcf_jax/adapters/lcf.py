@@ -54,8 +54,14 @@ class LCFProjector(nnx.Module):
         b, s = rk.shape[:2]
         heads, head_dim = self.receiver_shape
         r0, r1, rk_gate, rv_gate = split_keys(rng, 4)
-        x = jnp.concatenate([t.reshape(b, s, -1) for t in (sk, sv, rk, rv)], axis=-1)
-        z = self.ffn_1(self.ffn_0(self.down(x), r0), r1)  # [B, S, R]
+        # down(concat(S_K, S_V, R_K, R_V)) as four matmuls against row blocks of the one kernel:
+        # the same numbers without materialising the [B, S, 2*K_S*H_S + 2*K_R*H_R] concatenation.
+        kernel, start, z = self.down.kernel[...], 0, self.down.bias[...]
+        for part in (sk, sv, rk, rv):
+            flat = part.reshape(b, s, -1)
+            z = z + flat @ kernel[start : start + flat.shape[-1]]
+            start += flat.shape[-1]
+        z = self.ffn_1(self.ffn_0(z, r0), r1)  # [B, S, R]
         half = z.shape[-1] // 2
         alpha_k, alpha_v = jax.nn.sigmoid(self.k_weight(z)), jax.nn.sigmoid(self.v_weight(z))  # [B, S, K_R]
         delta_k = self.k_up(z[..., :half]).reshape(b, s, heads, head_dim)
