@@ -50,6 +50,8 @@ def test_same_losses_on_1_device_and_8_devices_in_two_mesh_shapes(tmp_path):
     flat = run_tiny(tmp_path / "flat", "mesh.data=8")
     cube = run_tiny(tmp_path / "cube", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     assert len(one) == 5
+    assert list((tmp_path / "one" / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard event files
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["steps"] == 5
     np.testing.assert_allclose(flat, one, rtol=1e-5)
     np.testing.assert_allclose(cube, one, rtol=1e-5)
 
