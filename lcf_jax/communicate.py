@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.adapters import Adapter, Message
-from lcf_jax.adapters.lcfx import spans_from_lengths
+from lcf_jax.adapters.lcfx import spans_from_lengths, window_spans
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model, forward
 from lcf_jax.sampling import Generation, generate, pad_batch
@@ -101,8 +101,6 @@ def send(
     if window is None:
         span_ids, num_spans = spans_from_lengths([[len(s) for s in row if len(s)] for row in contexts], cache.capacity)
     else:
-        from lcf_jax.adapters.lcfx import window_spans  # noqa: PLC0415
-
         span_ids, num_spans = window_spans([len(r) for r in rows], window, cache.capacity)
     # Round the span count up so different batches share compiled programs.
     num_spans = -(-num_spans // 8) * 8

@@ -162,6 +162,8 @@ def test_message_shape_is_fixed_for_any_length_and_span_count(models):
     for context in contexts:
         message = communicate.send(adapter, sharer, [context], bucket=8)
         shapes.add((message.k.shape, message.v.shape, message.nbytes))
+    windowed = communicate.send(adapter, sharer, [contexts[3]], window=7, bucket=8)  # fixed windows, not paragraphs
+    shapes.add((windowed.k.shape, windowed.v.shape, windowed.nbytes))
     assert shapes == {((4, 1, 1, 2, 8), (4, 1, 1, 2, 8), 2 * 4 * 2 * 8 * 4)}
 
 

@@ -214,3 +214,11 @@ def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
     assert int(restored.step) == 5 and data["position"] == 5
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_adapter_option_is_a_clear_error(tmp_path):
+    config = load_config(TINY)
+    with config.unlocked():
+        config.adapter.options.latent_wdth = 8
+    with pytest.raises(ValueError, match="bad adapter.options.*latent_wdth"):
+        train(config, tmp_path, progress=False)

@@ -135,7 +135,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
     devices = jax.devices()[: config.mesh.num_devices] if config.mesh.num_devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
     sharer, receiver = build_model(config, "sharer"), build_model(config, "receiver")
-    spec = make_spec(config.adapter.kind, sharer.config, receiver.config, **dict(config.adapter.options))
+    try:
+        spec = make_spec(config.adapter.kind, sharer.config, receiver.config, **dict(config.adapter.options))
+    except TypeError as e:  # an adapter.options key make_spec does not take
+        raise ValueError(
+            f"bad adapter.options in the config: {e}; see lcf_jax.adapters.build for the options"
+        ) from None
     optimizer = make_optimizer(
         learning_rate=t.learning_rate,
         steps=t.steps,
