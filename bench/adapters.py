@@ -5,7 +5,8 @@
 For a Qwen3-0.6B receiver (28 layers) and a Qwen2.5-0.5B sharer (lcf, c2c) or a Qwen3-0.6B sharer
 (lcfx), times one jitted fusion over all 28 layers (lcf, c2c: the receiver cache rewritten from a
 position-matched sharer cache; lcfx: summarize the sharer's cache over 10 spans, then apply the
-message) and the receiver's prefill of the same number of tokens, and reports their ratio.
+message) and the receiver's float32 prefill of the same number of tokens, and reports their ratio,
+for adapters multiplying in float32 and in bfloat16 (`compute_dtype`; parameters stay float32).
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def summarize_and_receive(graphdef, params, sharer, span_ids, num_spans, receive
     return adapter.receive(adapter.summarize(sharer, span_ids, num_spans), receiver)
 
 
-def time_adapter(kind: str, sharer_name: str, receiver_cache: KVCache, t: int, repeats: int) -> tuple[float, str, int]:
+def time_adapter(
+    kind: str, sharer_name: str, receiver_cache: KVCache, t: int, repeats: int, compute_dtype: str
+) -> tuple[float, str, int]:
     """Seconds of one jitted fusion (lcf, c2c) or summary + receive (lcfx) over all 28 layers."""
-    adapter = build(kind, sharer_name, "qwen3-0.6b")
+    adapter = build(kind, sharer_name, "qwen3-0.6b", compute_dtype=compute_dtype)
     graphdef, params = nnx.split(adapter)
     sharer_cache = random_cache(preset(sharer_name), t, 2)
     if kind == "lcfx":
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--compute-dtypes", nargs="+", default=["float32", "bfloat16"], help="adapter matmul dtypes")
     args = parser.parse_args()
     t = args.tokens
 
@@ -72,15 +76,17 @@ def main() -> None:
     )
     rows = [{"computation": f"receiver prefill, {t} tokens (Qwen3-0.6B)", "ms": prefill_s * 1e3, "vs prefill": "1"}]
     receiver_cache = random_cache(receiver.config, t, 1)
-    for kind, sharer_name in (("lcf", "qwen2.5-0.5b"), ("c2c", "qwen2.5-0.5b"), ("lcfx", "qwen3-0.6b")):
-        seconds, what, count = time_adapter(kind, sharer_name, receiver_cache, t, args.repeats)
-        rows.append(
-            {
-                "computation": f"{kind} {what}, 28 layers, {count:,} params",
-                "ms": seconds * 1e3,
-                "vs prefill": f"{100 * seconds / prefill_s:.2f}%",
-            }
-        )
+    pairs = (("lcf", "qwen2.5-0.5b"), ("c2c", "qwen2.5-0.5b"), ("lcfx", "qwen3-0.6b"))
+    for compute_dtype in args.compute_dtypes:
+        for kind, sharer_name in pairs:
+            seconds, what, count = time_adapter(kind, sharer_name, receiver_cache, t, args.repeats, compute_dtype)
+            rows.append(
+                {
+                    "computation": f"{kind} {what}, 28 layers, {count:,} params, {compute_dtype} matmuls",
+                    "ms": seconds * 1e3,
+                    "vs prefill": f"{100 * seconds / prefill_s:.2f}%",
+                }
+            )
     report(
         f"Adapter cost vs receiver prefill ({t} tokens, float32, batch 1, random weights)",
         rows,

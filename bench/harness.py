@@ -18,6 +18,12 @@ from typing import Any
 
 import jax
 
+from lcf_jax.runtime import tune_cpu_allocator
+
+# Every benchmark runs with the allocator settings the `lcf` command uses (lcf_jax/runtime.py), for
+# both sides of a comparison (they share the process). LCF_DEFAULT_MALLOC=1 measures without them.
+ALLOCATOR_TUNED = tune_cpu_allocator()
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,6 +64,7 @@ def environment() -> dict[str, Any]:
         "device": device,
         "date": datetime.date.today().isoformat(),
         "versions": versions,
+        "allocator": "glibc tuned (lcf_jax.runtime)" if ALLOCATOR_TUNED else "default",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
@@ -88,7 +95,7 @@ def report(
         [
             f"### {title}",
             "",
-            f"{env['device']}; {env['date']}; {versions}",
+            f"{env['device']}; {env['date']}; {versions}; allocator {env['allocator']}",
             f"Command: `{env['command']}`",
             "",
             markdown_table(rows, columns),

@@ -163,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.overrides and args.command != "train":
         parser.error("--config.KEY=VALUE overrides go with `lcf train`")
     from lcf_jax.loading import CheckpointError  # noqa: PLC0415
+    from lcf_jax.runtime import tune_cpu_allocator  # noqa: PLC0415
+
+    tune_cpu_allocator()
     from lcf_jax.models import UnsupportedArchitectureError  # noqa: PLC0415
 
     try:

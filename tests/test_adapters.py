@@ -278,3 +278,36 @@ def test_per_row_keys_give_a_row_the_same_noise_whatever_its_neighbours(models):
     np.testing.assert_allclose(dv[:, 1:], alone_v, rtol=1e-5, atol=1e-6)
     other, _ = adapter.fuse_residuals(s_cache, r_cache, rng=keys[::-1])
     assert not np.allclose(other[:, 1], dk[:, 1])  # the noise really is keyed by the row's key
+
+
+@pytest.mark.parametrize("kind", ["lcf", "c2c"])
+def test_bfloat16_matmuls_stay_close_to_float32(models, kind):
+    exact = build(kind, SHARER, RECEIVER, hidden_width=32, gate_init=1.0)  # open gates
+    fast = build(kind, SHARER, RECEIVER, hidden_width=32, gate_init=1.0, compute_dtype="bfloat16")
+    nnx.update(fast, nnx.state(exact))  # same float32 parameters
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(fast, nnx.Param)))
+    s_cache, r_cache = caches(models)
+    dk, dv = exact.fuse_residuals(s_cache, r_cache)
+    fk, fv = fast.fuse_residuals(s_cache, r_cache)
+    assert fk.dtype == jnp.float32 and not np.array_equal(dk, fk)  # really computed differently
+    for a, b in ((dk, fk), (dv, fv)):
+        assert float(jnp.abs(a - b).max()) <= 0.03 * float(jnp.abs(a).max())
+    with pytest.raises(ValueError, match="compute_dtype"):
+        build(kind, SHARER, RECEIVER, compute_dtype="float16")
+
+
+def test_broadcast_message_equals_the_summary_repeated_at_every_position(models):
+    """receive() multiplies the one summary once per row; that must equal feeding it at every position."""
+    adapter = build("lcfx", SHARER, RECEIVER)
+    sharer, receiver = models
+    s_cache = communicate.prefill(sharer, [[5, 9, 13, 2], [41, 3, 8]], bucket=8)
+    r_cache = communicate.prefill(receiver, [[7, 1, 2, 3, 4], [9, 9]], bucket=8)
+    message = adapter.summarize(s_cache, spans_from_lengths([[2, 2], [3]], s_cache.capacity)[0], 2)
+    dk, dv = adapter.receive_residuals(message, r_cache)
+    shape = (*r_cache.k.shape[:3], *message.k.shape[3:])
+    ek, ev = adapter.residuals(
+        jnp.broadcast_to(message.k, shape), jnp.broadcast_to(message.v, shape), r_cache.k, r_cache.v
+    )
+    np.testing.assert_allclose(dk, ek, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dv, ev, rtol=1e-6, atol=1e-7)
+    assert float(jnp.abs(dk).max()) > 0

@@ -45,6 +45,7 @@ class AdapterSpec:
     message_slots: int = 1  # lcfx: summary slots per layer
     message_injection: str = "broadcast"  # lcfx: "broadcast" (the paper) or "prefix" (slots as extra entries)
     receiver_conditioned: bool = False  # lcfx: span queries conditioned on the receiver's cache
+    compute_dtype: str = "float32"  # the projectors' matmul inputs ("bfloat16": faster, params stay float32)
 
     @property
     def sharer_width(self) -> int:
@@ -93,7 +94,12 @@ class Adapter(nnx.Module):
             raise ValueError(f"unknown adapter kind {spec.kind!r}; choose one of {KINDS}")
         self.spec = spec
         r = spec.receiver
-        common = dict(dropout_rate=spec.dropout, activation=spec.activation, gate_init=spec.gate_init)
+        common = dict(
+            dropout_rate=spec.dropout,
+            activation=spec.activation,
+            gate_init=spec.gate_init,
+            compute_dtype=spec.compute_dtype,
+        )
 
         @nnx.split_rngs(splits=len(spec.layers))
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -127,7 +133,8 @@ class Adapter(nnx.Module):
 
     def residuals(self, sk, sv, rk, rv, *, rng: Array | None = None, temperature=1.0) -> tuple[Array, Array]:
         """Per-layer residuals `[N, B, S, K_R, H_R]` from sharer entries `sk, sv` `[N, B, S, K_S, H_S]`
-        (one per receiver position) and receiver entries `rk, rv` `[N, B, S, K_R, H_R]`."""
+        (one per receiver position, or `S = 1`: one summary for all positions) and receiver entries
+        `rk, rv` `[N, B, S, K_R, H_R]`."""
         keys = _layer_keys(rng, len(self.spec.layers))
 
         def one(projector, sk, sv, rk, rv, key=None):
@@ -234,11 +241,10 @@ class Adapter(nnx.Module):
         if message.batch_size != receiver.batch_size:
             raise ValueError(f"message batch {message.batch_size} != receiver batch {receiver.batch_size}")
         rk, rv = _select(receiver, self.spec.layers)
-        # One summary per layer, broadcast to every receiver position (slots beyond the first are the
-        # prefix option's; in broadcast mode M is 1).
-        sk = jnp.broadcast_to(message.k[:, :, :1], (*rk.shape[:3], *message.k.shape[3:]))
-        sv = jnp.broadcast_to(message.v[:, :, :1], (*rv.shape[:3], *message.v.shape[3:]))
-        return self.residuals(sk, sv, rk, rv, rng=rng, temperature=temperature)
+        # One summary per layer for every receiver position: passed with a position axis of 1, so the
+        # projector multiplies it once per row and broadcasts (slots beyond the first are the prefix
+        # option's; in broadcast mode M is 1).
+        return self.residuals(message.k[:, :, :1], message.v[:, :, :1], rk, rv, rng=rng, temperature=temperature)
 
     def receive(self, message: Message, receiver: KVCache, *, rng=None, temperature=1.0) -> KVCache:
         """Apply a message to the receiver's own cache. Broadcast mode edits the receiver's entries

@@ -24,6 +24,22 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 LAYER_MAPS = ("last_aligned", "k_nearest")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def linear(in_features: int, out_features: int, *, compute_dtype: str, rngs: nnx.Rngs, use_bias: bool = True):
+    """An `nnx.Linear` with float32 parameters that multiplies in `compute_dtype` and accumulates
+    and returns float32 (bfloat16 inputs double matmul throughput on accelerators and on CPUs with
+    AVX512-BF16; everything outside the matmuls stays float32)."""
+    low = compute_dtype != "float32"
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=jnp.dtype(compute_dtype) if low else None,
+        preferred_element_type=jnp.float32 if low else None,
+        rngs=rngs,
+    )
 
 
 def split_keys(rng: Array | None, n: int) -> list[Array | None]:
@@ -55,12 +71,21 @@ class FFNBlock(nnx.Module):
     Attribute names (`norm`, `w1`, `w2`) follow C2C's `StandardFFNLayer` so its released weights map
     one to one."""
 
-    def __init__(self, width: int, hidden: int, *, dropout_rate: float, activation: str, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        width: int,
+        hidden: int,
+        *,
+        dropout_rate: float,
+        activation: str,
+        compute_dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.norm = RMSNorm(width, eps=1e-6, param_dtype=jnp.float32)
-        self.w1 = nnx.Linear(width, hidden, use_bias=False, rngs=rngs)
-        self.w2 = nnx.Linear(hidden, width, use_bias=False, rngs=rngs)
+        self.w1 = linear(width, hidden, use_bias=False, compute_dtype=compute_dtype, rngs=rngs)
+        self.w2 = linear(hidden, width, use_bias=False, compute_dtype=compute_dtype, rngs=rngs)
         self.dropout_rate = dropout_rate
         self.activation = activation
 

@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.adapters.adapter import KINDS, Adapter, AdapterSpec
-from lcf_jax.adapters.blocks import ACTIVATIONS
+from lcf_jax.adapters.blocks import ACTIVATIONS, COMPUTE_DTYPES
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.models import preset
 from lcf_jax.models.config import ModelConfig
@@ -41,11 +41,14 @@ def make_spec(
     message_slots: int = 1,
     message_injection: str = "broadcast",
     receiver_conditioned: bool = False,
+    compute_dtype: str = "float32",
 ) -> AdapterSpec:
     if kind not in KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if kind != "lcfx" and (message_slots != 1 or receiver_conditioned or message_injection != "broadcast"):
@@ -81,6 +84,7 @@ def make_spec(
         message_slots=message_slots,
         message_injection=message_injection,
         receiver_conditioned=receiver_conditioned,
+        compute_dtype=compute_dtype,
     )
 
 
@@ -88,9 +92,11 @@ def build(kind: str, sharer, receiver, *, seed: int = 0, abstract: bool = False,
     """An adapter of `kind` ("lcf", "lcfx" or "c2c") between a sharer and a receiver (ModelConfigs,
     loaded Models or preset names). Options: latent_width=128, layer_map="last_aligned" | "k_nearest",
     keep_layers=None (all receiver layers), gate_init (0, or +1 for lcfx), dropout=0.1,
-    activation="gelu", hidden_width=1024 (c2c); lcfx only: message_slots=1, message_injection="broadcast"
-    (or "prefix": the slots become extra receiver cache entries), receiver_conditioned=False.
-    `abstract=True` gives shape-only parameters (no memory), e.g. to count them."""
+    activation="gelu", hidden_width=1024 (c2c), compute_dtype="float32" (or "bfloat16": matmul inputs
+    in bf16; parameters and everything else stay float32); lcfx only: message_slots=1,
+    message_injection="broadcast" (or "prefix": the slots become extra receiver cache entries),
+    receiver_conditioned=False. `abstract=True` gives shape-only parameters (no memory), e.g. to count
+    them."""
     spec = make_spec(kind, sharer, receiver, **options)
     if abstract:
         return nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(seed)))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcf_jax.adapters.blocks import FFNBlock, gate, split_keys
+from lcf_jax.adapters.blocks import FFNBlock, gate, linear, split_keys
 from lcf_jax.typing import Array
 
 
@@ -30,17 +30,19 @@ class C2CProjector(nnx.Module):
         dropout_rate: float = 0.1,
         activation: str = "gelu",
         gate_init: float = 0.0,
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         out = receiver_heads * receiver_head_dim
-        ffn = dict(dropout_rate=dropout_rate, activation=activation, rngs=rngs)
+        ffn = dict(dropout_rate=dropout_rate, activation=activation, compute_dtype=compute_dtype, rngs=rngs)
+        lin = dict(compute_dtype=compute_dtype, rngs=rngs)
         for kind in ("key", "value"):
-            setattr(self, f"{kind}_in", nnx.Linear(sharer_width + out, hidden, rngs=rngs))
+            setattr(self, f"{kind}_in", linear(sharer_width + out, hidden, **lin))
             setattr(self, f"{kind}_mlp1", FFNBlock(hidden, hidden, **ffn))
             setattr(self, f"{kind}_proj_mlp2", FFNBlock(hidden, hidden, **ffn))
-            setattr(self, f"{kind}_proj_out", nnx.Linear(hidden, out, rngs=rngs))
+            setattr(self, f"{kind}_proj_out", linear(hidden, out, **lin))
             setattr(self, f"{kind}_scalar_mlp2", FFNBlock(hidden, hidden, **ffn))
-            setattr(self, f"{kind}_scalar_head", nnx.Linear(hidden, receiver_heads, rngs=rngs))
+            setattr(self, f"{kind}_scalar_head", linear(hidden, receiver_heads, **lin))
             setattr(self, f"{kind}_gate_logit", nnx.Param(jnp.full((), gate_init, jnp.float32)))
         self.receiver_shape = (receiver_heads, receiver_head_dim)
 

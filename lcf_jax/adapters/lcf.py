@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcf_jax.adapters.blocks import FFNBlock, gate, split_keys
+from lcf_jax.adapters.blocks import FFNBlock, gate, linear, split_keys
 from lcf_jax.typing import Array
 
 
@@ -30,19 +30,22 @@ class LCFProjector(nnx.Module):
         dropout_rate: float = 0.1,
         activation: str = "gelu",
         gate_init: float = 0.0,
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         if latent_width % 2:
             raise ValueError(f"latent_width must be even (it splits into K and V halves), got {latent_width}")
         d, out = latent_width, receiver_heads * receiver_head_dim
-        ffn = dict(dropout_rate=dropout_rate, activation=activation, rngs=rngs)
-        self.down = nnx.Linear(2 * sharer_width + 2 * out, d, rngs=rngs)
+        ffn = dict(dropout_rate=dropout_rate, activation=activation, compute_dtype=compute_dtype, rngs=rngs)
+        lin = dict(compute_dtype=compute_dtype, rngs=rngs)
+        self.down = linear(2 * sharer_width + 2 * out, d, **lin)
         self.ffn_0 = FFNBlock(d, 4 * d, **ffn)
         self.ffn_1 = FFNBlock(d, 4 * d, **ffn)
-        self.k_weight = nnx.Linear(d, receiver_heads, rngs=rngs)
-        self.v_weight = nnx.Linear(d, receiver_heads, rngs=rngs)
-        self.k_up = nnx.Linear(d // 2, out, rngs=rngs)
-        self.v_up = nnx.Linear(d // 2, out, rngs=rngs)
+        self.k_weight = linear(d, receiver_heads, **lin)
+        self.v_weight = linear(d, receiver_heads, **lin)
+        self.k_up = linear(d // 2, out, **lin)
+        self.v_up = linear(d // 2, out, **lin)
+        self.compute_dtype = jnp.dtype(compute_dtype)
         self.k_gate_logit = nnx.Param(jnp.full((), gate_init, jnp.float32))
         self.v_gate_logit = nnx.Param(jnp.full((), gate_init, jnp.float32))
         self.receiver_shape = (receiver_heads, receiver_head_dim)
@@ -50,16 +53,17 @@ class LCFProjector(nnx.Module):
     def __call__(self, sk, sv, rk, rv, rng: Array | None = None, temperature=1.0) -> tuple[Array, Array]:
         """Residuals `[B, S, K_R, H_R]` for the receiver's keys and values. `sk, sv` `[B, S, K_S, H_S]`
         are the sharer's entries for each receiver position (position-matched, or LCF-X's summary
-        broadcast to every position); `rk, rv` `[B, S, K_R, H_R]` the receiver's own."""
+        broadcast to every position: then S may be 1 and the sharer's share of the down-projection is
+        computed once per row); `rk, rv` `[B, S, K_R, H_R]` the receiver's own."""
         b, s = rk.shape[:2]
         heads, head_dim = self.receiver_shape
         r0, r1, rk_gate, rv_gate = split_keys(rng, 4)
         # down(concat(S_K, S_V, R_K, R_V)) as four matmuls against row blocks of the one kernel:
         # the same numbers without materialising the [B, S, 2*K_S*H_S + 2*K_R*H_R] concatenation.
-        kernel, start, z = self.down.kernel[...], 0, self.down.bias[...]
+        kernel, start, z = self.down.kernel[...].astype(self.compute_dtype), 0, self.down.bias[...]
         for part in (sk, sv, rk, rv):
-            flat = part.reshape(b, s, -1)
-            z = z + flat @ kernel[start : start + flat.shape[-1]]
+            flat = part.reshape(*part.shape[:2], -1).astype(self.compute_dtype)
+            z = z + jnp.matmul(flat, kernel[start : start + flat.shape[-1]], preferred_element_type=jnp.float32)
             start += flat.shape[-1]
         z = self.ffn_1(self.ffn_0(z, r0), r1)  # [B, S, R]
         half = z.shape[-1] // 2
