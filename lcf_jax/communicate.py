@@ -25,7 +25,7 @@ from flax import nnx
 from lcf_jax.adapters import Adapter, Message
 from lcf_jax.adapters.lcfx import spans_from_lengths, window_spans
 from lcf_jax.kv import KVCache
-from lcf_jax.models.model import Model, forward
+from lcf_jax.models.model import CACHE_BLOCK, Model, forward
 from lcf_jax.sampling import Generation, generate, pad_batch
 
 BUCKET = 64
@@ -40,6 +40,23 @@ def prefill(model: Model, prompts: Sequence[Sequence[int]], *, bucket: int = BUC
     tokens, lengths = _bucketed(prompts, model.config.pad_token_id or 0, bucket)
     cache = model.new_cache(len(prompts), tokens.shape[1])
     _, cache = forward(model.graphdef, model.params, jnp.asarray(tokens), cache, jnp.asarray(lengths), last_only=True)
+    return cache
+
+
+def extend(model: Model, cache: KVCache, rows: Sequence[Sequence[int]], *, bucket: int = 32) -> KVCache:
+    """The cache with each row's tokens appended after what it holds (rows may be empty; the cache
+    grows as needed). Chunked prefill: equal to prefilling the concatenated prompts at once."""
+    if not any(rows):
+        return cache
+    pad_id = model.config.pad_token_id or 0
+    width = -(-max(len(r) for r in rows) // bucket) * bucket
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    for out, row in zip(tokens, rows):
+        out[: len(row)] = row
+    needed = int(np.max(np.asarray(cache.lengths))) + width
+    cache = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
+    lengths = jnp.asarray([len(r) for r in rows], jnp.int32)
+    _, cache = forward(model.graphdef, model.params, jnp.asarray(tokens), cache, lengths, last_only=True)
     return cache
 
 

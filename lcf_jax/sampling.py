@@ -22,6 +22,9 @@ from lcf_jax.models.model import CACHE_BLOCK, Model
 from lcf_jax.typing import Array
 
 
+SMALL_LEAVES = ("lengths", "entry_mask", "position_shift")  # KVCache fields besides k and v
+
+
 @dataclasses.dataclass(frozen=True)
 class Generation:
     """tokens `[B, N]`: generated ids, each row ending at its stop token (included) and filled with
@@ -147,8 +150,12 @@ def generate(
         cache.check_compatible(model.config, b)
         needed = int(jnp.max(cache.lengths)) + width + max_new_tokens
         grown = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
-        # The loop donates its cache; never hand it the caller's own buffers.
-        cache = jax.tree.map(jnp.copy, cache) if grown is cache else grown
+        # The loop donates its cache; never hand it the caller's own buffers (a grown cache has new
+        # k and v but shares the small leaves: lengths, entry mask, position shift).
+        if grown is cache:
+            cache = jax.tree.map(jnp.copy, cache)
+        else:
+            cache = grown.replace(**{f: jax.tree.map(jnp.copy, getattr(grown, f)) for f in SMALL_LEAVES})
     out, count, cache = _generate(
         model.graphdef,
         model.params,

@@ -1,0 +1,311 @@
+"""Every evaluation condition on the same split-context questions: answers (batched) and latency
+(one question at a time, stage by stage).
+
+Conditions
+  question_only, half_context, full_context  the receiver alone, with none, its own or all paragraphs
+  text_<N>                                   the sharer reads its paragraphs and writes a message
+                                             (greedy); its first N tokens are appended to the
+                                             receiver's facts. One message serves every budget.
+  lcfx                                       the sharer's summary applied to the receiver's cache
+  mismatched_message                         another question's summary (information must match)
+  empty_message                              an all-zero message (the adapter alone, nothing sent)
+  receiver_only                              an adapter trained with zero messages, given zeros:
+                                             it can learn the task but receive nothing
+
+Sharing work in the accuracy run: every receiver prompt of a question starts with the same tokens
+(the instruction and the receiver's own facts), so that part is prefilled once and each condition
+extends it; the text budgets extend one another in turn (a budget's message is a prefix of the
+next's), and the latent conditions all start from the half-context cache. Chunked prefill equals
+one prefill (tests/test_models_parity.py), so the answers are those of separate runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from lcf_jax import communicate
+from lcf_jax.adapters import Adapter, Message
+from lcf_jax.data.qa import Question, receiver_messages, sharer_spans
+from lcf_jax.kv import KVCache
+from lcf_jax.models.model import Model
+from lcf_jax.sampling import chat_prompt, generate, stop_token_ids
+
+RECEIVER_ALONE = ("question_only", "half_context", "full_context")
+LATENT = ("lcfx", "mismatched_message", "empty_message", "receiver_only")
+TEXT_INSTRUCTION = (
+    "A teammate must answer a question using these facts together with other facts they have. "
+    "Write down the facts below for them, briefly."
+)
+MESSAGE_LABEL = "From a teammate:"
+
+
+def text_condition(budget: int) -> str:
+    return f"text_{budget}"
+
+
+@dataclasses.dataclass
+class Setup:
+    """What an evaluation runs: the two models, the trained LCF-X adapter (optional: without it the
+    latent conditions are skipped) and the receiver-only control adapter (optional)."""
+
+    sharer: Model
+    receiver: Model
+    adapter: Adapter | None = None
+    control: Adapter | None = None
+    budgets: tuple[int, ...] = (50, 100, 150, 200)
+    max_answer_tokens: int = 16
+    sharer_sees_question: bool = False  # the same for the text message and the latent one
+    batch_size: int = 32
+
+    def conditions(self) -> list[str]:
+        names = [*RECEIVER_ALONE, *(text_condition(b) for b in self.budgets)]
+        if self.adapter is not None:
+            names += ["lcfx", "mismatched_message", "empty_message"]
+        if self.control is not None:
+            names.append("receiver_only")
+        return names
+
+
+# -- prompts ---------------------------------------------------------------------------------------
+
+
+def full_paragraphs(q: Question) -> list[str]:
+    """All ten paragraphs: the receiver's, then the sharer's."""
+    return [*q.receiver_context, *q.sharer_context]
+
+
+def sharer_text_prompt(model: Model, q: Question, sees_question: bool) -> list[int]:
+    facts = "\n".join(q.sharer_context)
+    question = f"\n\nTheir question: {q.question}" if sees_question else ""
+    return chat_prompt(model, f"{TEXT_INSTRUCTION}\n\nFacts:\n{facts}{question}")
+
+
+def receiver_prompt(model: Model, q: Question, paragraphs: Sequence[str], message: str | None = None) -> list[int]:
+    paragraphs = list(paragraphs) + ([f"{MESSAGE_LABEL} {message}"] if message is not None else [])
+    return chat_prompt(model, receiver_messages(q, paragraphs))
+
+
+def decode(model: Model, ids: Sequence[int]) -> str:
+    return model.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+def message_budgets(tokens: Sequence[int], budgets: Sequence[int]) -> dict[int, list[int]]:
+    """The message each budget sends: its first N tokens (the whole message if it is shorter)."""
+    return {b: list(tokens[:b]) for b in budgets}
+
+
+# -- shared pieces -----------------------------------------------------------------------------------
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    first, n = rows[0], min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return n
+
+
+def _answers(model: Model, cache: KVCache, suffixes: Sequence[Sequence[int]], max_tokens: int) -> list[str]:
+    """Greedy answers continuing `cache` with each row's remaining prompt tokens."""
+    out = generate(model, [list(s) for s in suffixes], max_tokens, cache=cache, bucket=8)
+    return [decode(model, row) for row in out.token_lists(stop_tokens=stop_token_ids(model))]
+
+
+def sharer_messages(setup: Setup, questions: Sequence[Question], progress: bool = True) -> list[list[int]]:
+    """The sharer's text message for each question: greedy, up to the largest budget."""
+    sharer, out = setup.sharer, []
+    longest = max(setup.budgets)
+    for start in tqdm(range(0, len(questions), setup.batch_size), desc="sharer writes", disable=not progress or None):
+        chunk = questions[start : start + setup.batch_size]
+        prompts = [sharer_text_prompt(sharer, q, setup.sharer_sees_question) for q in chunk]
+        gen = generate(sharer, prompts, longest)
+        out += gen.token_lists(stop_tokens=stop_token_ids(sharer))
+    return out
+
+
+def latent_messages(setup: Setup, questions: Sequence[Question], progress: bool = True) -> Message:
+    """The LCF-X message of every question, `[N, Q, M, K, H]` (batched along questions)."""
+    parts = []
+    for start in tqdm(
+        range(0, len(questions), setup.batch_size), desc="sharer summarises", disable=not progress or None
+    ):
+        chunk = questions[start : start + setup.batch_size]
+        spans = [sharer_spans(q, setup.sharer.tokenizer, sees_question=setup.sharer_sees_question) for q in chunk]
+        m = communicate.send(setup.adapter, setup.sharer, spans)
+        parts.append(jax.tree.map(np.asarray, m))
+    return Message(np.concatenate([p.k for p in parts], axis=1), np.concatenate([p.v for p in parts], axis=1))
+
+
+def _rows(message: Message, index: Sequence[int]) -> Message:
+    index = np.asarray(index)
+    return Message(message.k[:, index], message.v[:, index])
+
+
+# -- accuracy ----------------------------------------------------------------------------------------
+
+
+def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> dict[str, list[str]]:
+    """Each condition's answer to every question (batched; greedy)."""
+    if len(questions) < 2 and setup.adapter is not None:
+        raise ValueError("the mismatched-message control needs at least 2 questions")
+    r, budgets, n_tok = setup.receiver, tuple(sorted(setup.budgets)), setup.max_answer_tokens
+    texts = sharer_messages(setup, questions, progress)
+    messages = latent_messages(setup, questions, progress) if setup.adapter is not None else None
+    answers: dict[str, list[str]] = {name: [] for name in setup.conditions()}
+    bar = tqdm(total=len(questions), desc="receiver answers", disable=not progress or None)
+    for start in range(0, len(questions), setup.batch_size):
+        index = list(range(start, min(start + setup.batch_size, len(questions))))
+        chunk = [questions[i] for i in index]
+        # Receiver alone, nothing shared: question only, full context.
+        for name, paragraphs in (("question_only", lambda q: []), ("full_context", full_paragraphs)):
+            prompts = [receiver_prompt(r, q, paragraphs(q)) for q in chunk]
+            out = generate(r, prompts, n_tok)
+            answers[name] += [decode(r, row) for row in out.token_lists(stop_tokens=stop_token_ids(r))]
+        half = [receiver_prompt(r, q, q.receiver_context) for q in chunk]
+        text = {
+            b: [
+                receiver_prompt(r, q, q.receiver_context, decode(setup.sharer, texts[i][:b]))
+                for q, i in zip(chunk, index)
+            ]
+            for b in budgets
+        }
+        chain = [half, *(text[b] for b in budgets)]
+        # Every prompt of a row starts with the same tokens (instruction, the receiver's facts):
+        # prefill them once. Each prompt keeps at least its last token to continue from.
+        base_len = [
+            max(1, min(_common_prefix([c[row] for c in chain]), *(len(c[row]) - 1 for c in chain)))
+            for row in range(len(chunk))
+        ]
+        base = communicate.prefill(r, [p[:n] for p, n in zip(half, base_len)], bucket=32)
+        # half_context and the latent conditions: the cache of the half prompt minus its last token.
+        half_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(half, base_len)])
+        lasts = [p[-1:] for p in half]
+        answers["half_context"] += _answers(r, half_cache, lasts, n_tok)
+        if messages is not None:
+            own = _rows(messages, index)
+            other = _rows(messages, [(i + 1) % len(questions) for i in index])
+            for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", own.zeros_like())):
+                fused = communicate.receive(setup.adapter, msg, half_cache)
+                answers[name] += _answers(r, fused, lasts, n_tok)
+        if setup.control is not None:
+            zeros = _control_zeros(setup.control, len(chunk))
+            answers["receiver_only"] += _answers(r, communicate.receive(setup.control, zeros, half_cache), lasts, n_tok)
+        # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
+        cache, done = base, base_len
+        for k, b in enumerate(budgets, start=1):
+            later = chain[k:]
+            stem = [
+                max(done[row], min(_common_prefix([c[row] for c in later]), len(text[b][row]) - 1))
+                for row in range(len(chunk))
+            ]
+            cache = communicate.extend(r, cache, [p[d:e] for p, d, e in zip(text[b], done, stem)])
+            answers[text_condition(b)] += _answers(r, cache, [p[e:] for p, e in zip(text[b], stem)], n_tok)
+            done = stem
+        bar.update(len(chunk))
+    bar.close()
+    answers["_messages"] = [decode(setup.sharer, t) for t in texts]  # the longest message, for inspection
+    return answers
+
+
+def _control_zeros(control: Adapter, batch: int) -> Message:
+    spec = control.spec
+    shape = (len(spec.layers), batch, spec.message_slots, spec.sharer.num_kv_heads, spec.sharer.head_dim)
+    return Message(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+
+# -- latency -----------------------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds per stage for one question: what the sharer does before anything is sent, then the
+    receiver up to its first answer token, and up to the end of its answer."""
+
+    sharer_s: float
+    receiver_first_s: float
+    receiver_answer_s: float
+
+    @property
+    def ttft_s(self) -> float:
+        return self.sharer_s + self.receiver_first_s
+
+    @property
+    def answer_s(self) -> float:
+        return self.sharer_s + self.receiver_answer_s
+
+
+def _receiver_stage(model: Model, prompt: Sequence[int], max_tokens: int, apply=None) -> tuple[float, float]:
+    """(seconds to the first token, seconds to the end of the answer) of the receiver reading
+    `prompt`, optionally rewriting its cache with `apply(cache)` before the last token."""
+
+    def run(n):
+        cache = communicate.prefill(model, [list(prompt[:-1])], bucket=128)
+        if apply is not None:
+            cache = apply(cache)
+        return generate(model, [list(prompt[-1:])], n, cache=cache, bucket=1).tokens
+
+    return _timed(lambda: run(1))[1], _timed(lambda: run(max_tokens))[1]
+
+
+def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timing]:
+    """Every condition's stage times for one question at batch 1, from text to first token."""
+    r, s, n_tok = setup.receiver, setup.sharer, setup.max_answer_tokens
+    out = {}
+    for name, paragraphs in (
+        ("question_only", []),
+        ("half_context", q.receiver_context),
+        ("full_context", full_paragraphs(q)),
+    ):
+        out[name] = Timing(0.0, *_receiver_stage(r, receiver_prompt(r, q, paragraphs), n_tok))
+    for b in setup.budgets:
+        prompt = sharer_text_prompt(s, q, setup.sharer_sees_question)
+        gen, sharer_s = _timed(lambda p=prompt, b=b: generate(s, [p], b, bucket=128).tokens)
+        message = decode(s, [t for t in gen[0].tolist() if t not in stop_token_ids(s)])
+        start = time.perf_counter()
+        text_prompt = receiver_prompt(r, q, q.receiver_context, message)
+        sharer_s += time.perf_counter() - start  # tokenising the message is part of the text path
+        out[text_condition(b)] = Timing(sharer_s, *_receiver_stage(r, text_prompt, n_tok))
+    if setup.adapter is None and setup.control is None:
+        return out
+    half = receiver_prompt(r, q, q.receiver_context)
+    if setup.adapter is not None:
+        for name, source in (("lcfx", q), ("mismatched_message", other)):
+            spans = [sharer_spans(source, s.tokenizer, sees_question=setup.sharer_sees_question)]
+            message, sharer_s = _timed(lambda spans=spans: communicate.send(setup.adapter, s, spans))
+            apply = lambda cache, m=message: communicate.receive(setup.adapter, m, cache)  # noqa: E731
+            out[name] = Timing(sharer_s, *_receiver_stage(r, half, n_tok, apply))
+        zeros = _control_zeros(setup.adapter, 1)
+        out["empty_message"] = Timing(
+            0.0, *_receiver_stage(r, half, n_tok, lambda c: communicate.receive(setup.adapter, zeros, c))
+        )
+    if setup.control is not None:
+        zeros = _control_zeros(setup.control, 1)
+        out["receiver_only"] = Timing(
+            0.0, *_receiver_stage(r, half, n_tok, lambda c: communicate.receive(setup.control, zeros, c))
+        )
+    return out
+
+
+def run_latency(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> dict[str, list[Timing]]:
+    """Stage times of every condition on each question, one question at a time. The first
+    question is run once untimed first, so compilation is not counted."""
+    if len(questions) < 2:
+        raise ValueError("latency needs at least 2 questions (one is another's mismatched source)")
+    time_question(setup, questions[0], questions[1])  # compile
+    times: dict[str, list[Timing]] = {}
+    for i, q in enumerate(tqdm(questions, desc="latency", disable=not progress or None)):
+        for name, t in time_question(setup, q, questions[(i + 1) % len(questions)]).items():
+            times.setdefault(name, []).append(t)
+    return times

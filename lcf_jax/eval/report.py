@@ -1,0 +1,246 @@
+"""The evaluation report: one `results.json` per run, a markdown table and an F1-vs-latency plot.
+
+results.json has exactly two top-level keys, so that tables and plots can be rebuilt from it alone:
+    {"conditions": {name: {"f1", "em", "ttft_ms", "answer_ms", "n", "message_bytes", ...}},
+     "meta": {models, dataset, date, machine, command, reference condition, ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Text-to-text conditions are named by their message budget in tokens; the plot joins them in order.
+_TEXT_CONDITION = re.compile(r"^text_(\d+)$")
+_RESULT_KEYS = ("conditions", "meta")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionResult:
+    """One evaluated condition. f1/em are 0-100 means; times are medians over questions in ms (None when
+    not measured, e.g. multiple choice scored from logits); message_bytes is what the sharer sends to
+    the receiver (None when nothing is sent); the p-values compare with the run's reference condition.
+    """
+
+    name: str
+    f1: float
+    em: float
+    ttft_ms: float | None
+    answer_ms: float | None
+    n: int
+    message_bytes: int | None = None
+    mcnemar_p: float | None = None
+    wilcoxon_p: float | None = None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields except `name` (the key it is stored under), as plain JSON types: numpy scalars
+        become Python numbers and NaN becomes None, since NaN is not valid JSON."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "name":
+                continue
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, str):
+                out[f.name] = value
+            elif f.name in ("n", "message_bytes"):
+                out[f.name] = int(value)
+            else:
+                out[f.name] = None if math.isnan(float(value)) else float(value)
+        return out
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> ConditionResult:
+        """Inverse of `to_json`; raises on missing or unknown fields so a schema change is noticed."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
+        unknown = sorted(set(data) - set(fields))
+        missing = sorted(k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING)
+        if unknown or missing:
+            raise ValueError(f"condition {name!r}: unknown fields {unknown}, missing fields {missing}")
+        return cls(name=name, **data)
+
+
+def with_significance(
+    conditions: Sequence[ConditionResult], comparison: Mapping[str, Mapping[str, Any]]
+) -> list[ConditionResult]:
+    """Copies of `conditions` carrying the p-values of `significance.compare_to(...)`'s output; the
+    reference (absent from `comparison`) is returned unchanged."""
+    out = []
+    for c in conditions:
+        sig = comparison.get(c.name)
+        out.append(
+            c if sig is None else dataclasses.replace(c, mcnemar_p=sig["mcnemar_p"], wilcoxon_p=sig["wilcoxon_p"])
+        )
+    return out
+
+
+def _check_names(conditions: Sequence[ConditionResult]) -> None:
+    names = [c.name for c in conditions]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate condition names {duplicates}")
+
+
+# ------------------------------------------------------------------------------------------- JSON
+
+
+def write_results(workdir: str | os.PathLike, conditions: Sequence[ConditionResult], *, meta: dict[str, Any]) -> Path:
+    """Write `workdir/results.json` and return its path.
+
+    `meta` should name the models, dataset, machine and the reference condition of the p-values; "date"
+    (UTC, ISO 8601), "command" and "machine" are filled in when absent so that no number is ever stored
+    without its provenance. The file is written to a temporary name and renamed, so a crash never leaves
+    a half-written results.json behind.
+    """
+    _check_names(conditions)
+    meta = dict(meta)
+    meta.setdefault("date", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    meta.setdefault("command", " ".join([Path(sys.executable).name, *sys.argv]))
+    meta.setdefault("machine", f"{platform.platform()}, {os.cpu_count()} cores")
+    data = {"conditions": {c.name: c.to_json() for c in conditions}, "meta": meta}
+    path = Path(workdir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed results.json, checked: exactly "conditions" and "meta" at the top and every condition
+    complete. Rebuild the objects with `ConditionResult.from_json(name, d)` or `conditions_of(...)`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or sorted(data) != sorted(_RESULT_KEYS):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: expected top-level keys {list(_RESULT_KEYS)}, got {keys}")
+    for name, cond in data["conditions"].items():
+        ConditionResult.from_json(name, cond)  # validates the fields
+    return data
+
+
+def conditions_of(results: Mapping[str, Any]) -> list[ConditionResult]:
+    """The `ConditionResult`s of a `read_results(...)` dict, in file order."""
+    return [ConditionResult.from_json(name, cond) for name, cond in results["conditions"].items()]
+
+
+# --------------------------------------------------------------------------------------- markdown
+
+
+def _num(value: float | int | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.1f}"
+
+
+def _pval(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3g}"
+
+
+def markdown_table(conditions: Sequence[ConditionResult], reference: str | None = None) -> str:
+    """A markdown table of all conditions, in the given order. Numbers to 1 decimal, p-values to 3
+    significant digits; the p columns are vs `reference`, whose own row reads "ref"."""
+    _check_names(conditions)
+    if reference is not None and reference not in {c.name for c in conditions}:
+        raise ValueError(f"reference condition {reference!r} not among {[c.name for c in conditions]}")
+    vs = f" vs {reference}" if reference else ""
+    columns = [
+        "condition", "F1", "EM", "TTFT ms", "answer ms", "message bytes", "n",
+        f"p (McNemar EM){vs}", f"p (Wilcoxon F1){vs}",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for c in conditions:
+        is_ref = c.name == reference
+        row = [
+            c.name,
+            _num(c.f1),
+            _num(c.em),
+            _num(c.ttft_ms),
+            _num(c.answer_ms),
+            "-" if c.message_bytes is None else f"{c.message_bytes:,}",
+            str(c.n),
+            "ref" if is_ref else _pval(c.mcnemar_p),
+            "ref" if is_ref else _pval(c.wilcoxon_p),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- plot
+
+
+def _is_latent(name: str) -> bool:
+    return name.lower().startswith("lcf")
+
+
+def plot_f1_vs_ttft(conditions: Sequence[ConditionResult], path: str | os.PathLike, *, title: str) -> Path:
+    """Save a PNG scatter of F1 against time to first token, the paper's headline trade-off.
+
+    Text-to-text conditions (text_50 ... text_200) are joined in budget order, so the curve shows what
+    more message tokens buy; LCF conditions (names starting with "lcf") stand out in another colour and
+    marker. The x axis is logarithmic when the times span more than 10x. Conditions without a measured
+    TTFT cannot be placed and are left out.
+    """
+    # Matplotlib is imported here, through its object API with the Agg canvas (no pyplot, no global
+    # backend switch), so importing lcf_jax.eval stays light and plotting works without a display.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.ticker import FormatStrFormatter, LogLocator  # noqa: PLC0415
+
+    points = [c for c in conditions if c.ttft_ms is not None and not math.isnan(c.ttft_ms) and c.ttft_ms > 0]
+    if not points:
+        raise ValueError("no condition has a positive ttft_ms, nothing to plot")
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    text = sorted(
+        (c for c in points if _TEXT_CONDITION.match(c.name)), key=lambda c: int(_TEXT_CONDITION.match(c.name)[1])
+    )
+    if text:
+        ax.plot([c.ttft_ms for c in text], [c.f1 for c in text], "o-", color="tab:blue", label="text-to-text")
+    latent = [c for c in points if _is_latent(c.name)]
+    if latent:
+        ax.scatter(
+            [c.ttft_ms for c in latent],
+            [c.f1 for c in latent],
+            marker="*",
+            s=220,
+            color="tab:red",
+            label="LCF",
+            zorder=3,
+        )
+    other = [c for c in points if c not in text and c not in latent]
+    if other:
+        ax.scatter([c.ttft_ms for c in other], [c.f1 for c in other], marker="s", color="tab:gray", label="baselines")
+    for c in points:
+        ax.annotate(c.name, (c.ttft_ms, c.f1), textcoords="offset points", xytext=(5, 5), fontsize=8)
+
+    times = [c.ttft_ms for c in points]
+    if max(times) > 10 * min(times):
+        ax.set_xscale("log")
+        # Plain milliseconds ("40", "400") read better than matplotlib's default "4 x 10^1" on log axes.
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel("time to first token (ms, median per question)")
+    ax.set_ylabel("F1")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=150)
+    return path

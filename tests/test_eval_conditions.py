@@ -1,0 +1,90 @@
+"""The evaluation conditions on a tiny random pair with a character tokenizer: every condition
+answers every question, the shared-prefix bookkeeping gives exactly the answers of separate runs,
+and the controls really change what the receiver gets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny_pair import tiny_text_models
+
+from lcf_jax import communicate
+from lcf_jax.adapters import build
+from lcf_jax.data.qa import Question, sharer_spans
+from lcf_jax.eval import conditions as C
+from lcf_jax.sampling import generate, stop_token_ids
+
+QUESTIONS = [
+    Question("q0", "Where is Bo?", ("Bo is in Rome.", "Al is red."), ("Cy likes tea.", "Di is 9."), ("Rome",)),
+    Question("q1", "What is Al?", ("Al is a cook.",), ("Bo is tall.", "Ed runs."), ("cook",)),
+    Question("q2", "Who is Ed?", ("Ed is Cy's son.", "Fo is 3.", "Gi sings."), ("Ha is old.",), ("Cy's son",)),
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    sharer, receiver = tiny_text_models()
+    adapter = build("lcfx", sharer, receiver, latent_width=8, dropout=0.0)
+    control = build("lcfx", sharer, receiver, latent_width=8, dropout=0.0, seed=1)
+    return C.Setup(sharer, receiver, adapter, control, budgets=(5, 12), max_answer_tokens=4, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def answers(setup):
+    return C.run_answers(setup, QUESTIONS, progress=False)
+
+
+def direct(model, prompt, n):
+    out = generate(model, [prompt], n)
+    return C.decode(model, out.token_lists(stop_tokens=stop_token_ids(model))[0])
+
+
+def test_every_condition_answers_every_question(setup, answers):
+    assert set(setup.conditions()) == {
+        "question_only", "half_context", "full_context", "text_5", "text_12",
+        "lcfx", "mismatched_message", "empty_message", "receiver_only",
+    }  # fmt: skip
+    for name in setup.conditions():
+        assert len(answers[name]) == len(QUESTIONS), name
+    assert len(answers["_messages"]) == len(QUESTIONS)
+
+
+def test_shared_prefixes_give_the_answers_of_separate_runs(setup, answers):
+    s, r = setup.sharer, setup.receiver
+    for i, q in enumerate(QUESTIONS):
+        assert answers["half_context"][i] == direct(r, C.receiver_prompt(r, q, q.receiver_context), 4)
+        assert answers["full_context"][i] == direct(r, C.receiver_prompt(r, q, C.full_paragraphs(q)), 4)
+        message = generate(s, [C.sharer_text_prompt(s, q, False)], 12).token_lists(stop_tokens=stop_token_ids(s))[0]
+        for b in (5, 12):
+            prompt = C.receiver_prompt(r, q, q.receiver_context, C.decode(s, message[:b]))
+            assert answers[f"text_{b}"][i] == direct(r, prompt, 4), (q.id, b)
+
+
+def test_latent_conditions_match_the_pipeline_and_the_controls_differ(setup, answers):
+    s, r, adapter = setup.sharer, setup.receiver, setup.adapter
+    spans = [sharer_spans(q, s.tokenizer) for q in QUESTIONS]
+    prompts = [C.receiver_prompt(r, q, q.receiver_context) for q in QUESTIONS]
+    gen, message = communicate.answer_different_contexts(adapter, s, r, spans, prompts, 4)
+    expected = [C.decode(r, t) for t in gen.token_lists(stop_tokens=stop_token_ids(r))]
+    assert answers["lcfx"] == expected
+    # The mismatched message of question i is question i+1's: the same messages, rotated.
+    rotated = C._rows(C.latent_messages(setup, QUESTIONS, progress=False), [1, 2, 0])
+    own = C.latent_messages(setup, QUESTIONS, progress=False)
+    np.testing.assert_allclose(np.asarray(message.k), own.k, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(rotated.k, own.k)
+
+
+def test_message_budgets_are_prefixes():
+    assert C.message_budgets([1, 2, 3], [2, 5]) == {2: [1, 2], 5: [1, 2, 3]}
+
+
+def test_latency_has_every_condition_and_positive_stage_times(setup):
+    times = C.run_latency(setup, QUESTIONS[:2], progress=False)
+    assert set(times) == set(setup.conditions())
+    for name, rows in times.items():
+        assert len(rows) == 2
+        for t in rows:
+            assert t.receiver_first_s > 0 and t.receiver_answer_s >= t.receiver_first_s * 0.5, name
+            assert t.ttft_s >= t.receiver_first_s
+    assert all(t.sharer_s > 0 for t in times["text_12"] + times["lcfx"])
+    assert all(t.sharer_s == 0 for t in times["half_context"] + times["empty_message"])
