@@ -21,7 +21,6 @@ from lcf_jax.kv import KVCache
 from lcf_jax.models.model import CACHE_BLOCK, Model
 from lcf_jax.typing import Array
 
-
 SMALL_LEAVES = ("lengths", "entry_mask", "position_shift")  # KVCache fields besides k and v
 
 
