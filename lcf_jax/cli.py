@@ -110,6 +110,95 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_dirs(checkpoint: str) -> tuple[str, str | None]:
+    """(LCF-X adapter directory, receiver-only control directory or None) from what the user gives:
+    an adapter directory, a `lcf train` work directory or a `lcf demo` work directory."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from lcf_jax.adapters.io import CONFIG_FILE  # noqa: PLC0415
+    from lcf_jax.train.loop import ADAPTER_DIR  # noqa: PLC0415
+
+    root = Path(checkpoint)
+    for main, control in (
+        (root, None),
+        (root / ADAPTER_DIR, None),
+        (root / "lcfx" / ADAPTER_DIR, root / "receiver_only" / ADAPTER_DIR),
+    ):
+        if (main / CONFIG_FILE).exists():
+            has_control = control is not None and (control / CONFIG_FILE).exists()
+            return str(main), str(control) if has_control else None
+    raise FileNotFoundError(
+        f"no adapter under {root}: expected {CONFIG_FILE} there, in {root / ADAPTER_DIR} (a `lcf train` work "
+        f"directory) or in {root / 'lcfx' / ADAPTER_DIR} (a `lcf demo` work directory)"
+    )
+
+
+def _eval(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
+    from lcf_jax.config import load_config  # noqa: PLC0415
+    from lcf_jax.data.qa import read_questions  # noqa: PLC0415
+    from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
+    from lcf_jax.eval.conditions import Setup  # noqa: PLC0415
+    from lcf_jax.eval.report import markdown_table  # noqa: PLC0415
+    from lcf_jax.eval.run import evaluate  # noqa: PLC0415
+    from lcf_jax.train.loop import build_model  # noqa: PLC0415
+
+    config = load_config(args.config)
+    adapter = control = None
+    if args.checkpoint:
+        main, control_dir = _adapter_dirs(args.checkpoint)
+        adapter = load_adapter(main, expect_kind="lcfx")
+        control = (
+            load_adapter(control_dir or args.control, expect_kind="lcfx") if (control_dir or args.control) else None
+        )
+    sharer = build_model(config, "sharer")
+    receiver = sharer if config.receiver == config.sharer else build_model(config, "receiver")
+    if args.data:
+        questions = list(read_questions(args.data))[: args.count or None]
+        dataset = str(args.data)
+    else:
+        questions = generate_questions(
+            "test", args.count or 300, seed=args.seed, variant=config.data.get("variant", "mixed")
+        )
+        dataset = f"split_qa test, seed {args.seed}"
+    setup = Setup(
+        sharer,
+        receiver,
+        adapter=adapter,
+        control=control,
+        sharer_sees_question=config.data.sharer_sees_question,
+        batch_size=args.batch_size,
+    )
+    meta = {"dataset": dataset, "config": args.config, "checkpoint": args.checkpoint}
+    results = evaluate(
+        setup,
+        questions,
+        args.workdir,
+        latency_questions=args.latency_questions,
+        meta=meta,
+        progress=not args.no_progress,
+    )
+    reference = max((r for r in results if r.name.startswith("text_")), key=lambda r: r.f1).name
+    print(markdown_table(results, reference=reference))
+    print(f"\nwrote {args.workdir}/results.json, results.md, f1_vs_ttft.png, answers.jsonl")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.demo import demo, demo_config  # noqa: PLC0415
+
+    config = demo_config()
+    if args.steps is not None:
+        config.train.steps = args.steps
+        config.train.anneal_steps = args.steps
+    if args.count is not None:
+        config.eval.count = args.count
+    demo(args.workdir, config=config, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lcf",
@@ -150,6 +239,47 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--process-id", type=int, default=None, help="with --coordinator")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate latent against text communication on split-context questions",
+        description="Run every condition on the same questions: the receiver with the question only, half or full "
+        "context; text messages of 50-200 tokens written by the sharer; and, with --checkpoint, LCF-X with its "
+        "controls (another question's message, an empty message, and the receiver-only adapter when the "
+        "checkpoint has one). Writes results.json, results.md, f1_vs_ttft.png and answers.jsonl to --workdir.",
+    )
+    evaluate.add_argument(
+        "--config", required=True, help="the experiment config the models come from (configs/NAME.py)"
+    )
+    evaluate.add_argument(
+        "--checkpoint", default=None, help="an adapter directory, or the work directory of `lcf train` or `lcf demo`"
+    )
+    evaluate.add_argument(
+        "--control", default=None, help="a receiver-only adapter directory (if --checkpoint has none)"
+    )
+    evaluate.add_argument(
+        "--data", default=None, help="split-context questions JSONL (default: generated split_qa test questions)"
+    )
+    evaluate.add_argument("--count", type=int, default=0, help="questions to evaluate (default: all, or 300 generated)")
+    evaluate.add_argument("--seed", type=int, default=1, help="seed of the generated questions (default: 1)")
+    evaluate.add_argument("--latency-questions", type=int, default=5, help="questions timed one at a time (default: 5)")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="questions per batch (default: 32)")
+    evaluate.add_argument("--workdir", required=True, help="where the results go")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(run=_eval)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: train LCF-X on SmolLM2-135M and compare it with text communication",
+        description="Train the LCF-X adapter and its receiver-only control on generated split-context questions "
+        "(SmolLM2-135M-Instruct as sharer and receiver, this CPU), then evaluate every condition on 300 held-out "
+        "questions and print the table. A second run with the same --workdir reuses the trained adapters.",
+    )
+    demo.add_argument("--workdir", default="lcf-demo", help="where adapters and results go (default: ./lcf-demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per adapter (default: the demo config's)")
+    demo.add_argument("--count", type=int, default=None, help="held-out questions (default: 300)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_demo)
     return parser
 
 

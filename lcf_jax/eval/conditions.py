@@ -150,7 +150,27 @@ def _rows(message: Message, index: Sequence[int]) -> Message:
 # -- accuracy ----------------------------------------------------------------------------------------
 
 
-def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> dict[str, list[str]]:
+@dataclasses.dataclass
+class Answers:
+    """Each condition's answer to every question, the sharer's text messages (token ids, the longest
+    budget; a budget of N sends the first N) and the size of one LCF-X message in bytes."""
+
+    by_condition: dict[str, list[str]]
+    messages: list[list[int]]
+    latent_bytes: int | None
+
+    def message_bytes(self, setup: Setup, name: str) -> int | None:
+        """Mean bytes one question's message takes on the wire (UTF-8 text, or the latent arrays)."""
+        if name.startswith("text_"):
+            budget = int(name.split("_")[1])
+            sizes = [len(decode(setup.sharer, m[:budget]).encode()) for m in self.messages]
+            return int(round(float(np.mean(sizes))))
+        if name in ("lcfx", "mismatched_message"):
+            return self.latent_bytes
+        return None
+
+
+def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> Answers:
     """Each condition's answer to every question (batched; greedy)."""
     if len(questions) < 2 and setup.adapter is not None:
         raise ValueError("the mismatched-message control needs at least 2 questions")
@@ -209,8 +229,8 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
             done = stem
         bar.update(len(chunk))
     bar.close()
-    answers["_messages"] = [decode(setup.sharer, t) for t in texts]  # the longest message, for inspection
-    return answers
+    latent_bytes = None if messages is None else _rows(messages, [0]).nbytes
+    return Answers(answers, texts, latent_bytes)
 
 
 def _control_zeros(control: Adapter, batch: int) -> Message:

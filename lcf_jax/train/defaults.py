@@ -18,16 +18,18 @@ def base_config() -> ml_collections.ConfigDict:
     config.adapter.kind = "lcf"
     config.adapter.options = ml_collections.ConfigDict(dict(latent_width=128, dropout=0.1))
     config.adapter.num_spans = 16  # lcfx: span slots per row
+    config.adapter.receiver_only = False  # lcfx control: train with zero messages (the sharer never runs)
 
     config.data = ml_collections.ConfigDict()
-    config.data.kind = "jsonl"  # "jsonl" (chat), "qa_jsonl" (split-context questions) or "synthetic"
+    config.data.kind = "jsonl"  # "jsonl" (chat), "qa_jsonl" / "split_qa" (split-context questions), "synthetic"
     config.data.path = ""
     config.data.max_length = 2048
     config.data.limit = 0  # 0: no limit
-    config.data.count = 0  # synthetic only
+    config.data.count = 0  # synthetic, split_qa: examples to generate
     config.data.fixed_response = False  # synthetic only: one response for every prompt
     config.data.sharer_sees_question = False  # qa_jsonl: the sharer reads the question too (method: open)
     config.data.seed = 0
+    config.data.variant = "mixed"  # split_qa: "single_hop", "bridge" or "mixed"
     config.data.bucket = 64
 
     config.train = ml_collections.ConfigDict()

@@ -20,10 +20,11 @@ from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
 from lcf_jax.adapters import Adapter, make_spec
+from lcf_jax.adapters.io import save_adapter
 from lcf_jax.data.chat import load_chat_examples
 from lcf_jax.data.examples import Example
 from lcf_jax.data.pipeline import BatchIterator
-from lcf_jax.data.qa import load_question_examples
+from lcf_jax.data.qa import load_question_examples, question_example
 from lcf_jax.data.synthetic import copy_task
 from lcf_jax.loading import load_model
 from lcf_jax.models.config import ModelConfig
@@ -34,6 +35,7 @@ from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import StepConfig, TrainState, init_state, make_optimizer, make_train_step
 
 log = logging.getLogger("lcf_jax.train")
+ADAPTER_DIR = "adapter"  # inside the work directory
 
 
 def build_model(config: ml_collections.ConfigDict, role: str) -> Model:
@@ -73,7 +75,18 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
             max_length=data.max_length,
             limit=data.limit or None,
         )
-    raise ValueError(f"unknown data.kind {data.kind!r}; choose 'synthetic', 'jsonl' (chat) or 'qa_jsonl'")
+    if data.kind == "split_qa":
+        if receiver.tokenizer is None:
+            raise ValueError("data.kind='split_qa' needs a receiver with a tokenizer (its chat template)")
+        # Imported here: the generator is only needed for this data kind.
+        from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
+
+        questions = generate_questions("train", data.count, seed=data.seed, variant=data.variant)
+        return [
+            question_example(q, receiver.tokenizer, sharer.tokenizer, sees_question=data.sharer_sees_question)
+            for q in questions
+        ]
+    raise ValueError(f"unknown data.kind {data.kind!r}; choose 'synthetic', 'jsonl' (chat), 'qa_jsonl' or 'split_qa'")
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -125,8 +138,15 @@ class MetricsLog:
                 self.tb.close()
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the training the config describes; returns the final summary."""
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    progress: bool = True,
+    models: tuple[Model, Model] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the training the config describes; returns the final summary. `models`
+    (sharer, receiver) replaces loading them from the config (e.g. models already in memory)."""
     workdir = Path(workdir)
     primary = jax.process_index() == 0
     if primary:
@@ -134,7 +154,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
     t = config.train
     devices = jax.devices()[: config.mesh.num_devices] if config.mesh.num_devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
-    sharer, receiver = build_model(config, "sharer"), build_model(config, "receiver")
+    sharer, receiver = models or (build_model(config, "sharer"), build_model(config, "receiver"))
     try:
         spec = make_spec(config.adapter.kind, sharer.config, receiver.config, **dict(config.adapter.options))
     except TypeError as e:  # an adapter.options key make_spec does not take
@@ -188,6 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
         tau_final=t.tau_final,
         anneal_steps=t.anneal_steps,
         seed=config.seed,
+        receiver_only=config.adapter.receiver_only,
     )
     step_fn = jax.jit(
         make_train_step(graphdef, sharer, receiver, optimizer, step_config),
@@ -242,6 +263,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
         "final": {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {},
     }
     if primary:
+        # The trained adapter as safetensors + adapter_config.json: what `lcf eval` and export read.
+        save_adapter(nnx.merge(graphdef, jax.device_get(state.params)), workdir / ADAPTER_DIR)
         metrics_log.write({"event": "end", **summary})
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lcf_jax.adapters import Adapter, gumbel_temperature
+from lcf_jax.adapters import Adapter, Message, gumbel_temperature
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model, forward
 from lcf_jax.train.batch import Batch
@@ -40,6 +40,9 @@ class StepConfig:
     tau_final: float = 0.001
     anneal_steps: int = 1929
     seed: int = 42
+    # lcfx control: the message is replaced by zeros, so the adapter can learn the task from the
+    # receiver's own cache but receives nothing (and the sharer is never run).
+    receiver_only: bool = False
 
 
 def make_optimizer(
@@ -80,15 +83,23 @@ def token_losses(
     rng: Array | None,
     temperature,
     num_spans: int,
+    receiver_only: bool = False,
 ) -> tuple[Array, Array]:
     """(sum of response-token negative log-likelihoods, number of response tokens) for one batch."""
     sharer_params, receiver_params = frozen
     b, tp = batch.prefix.shape
-    tq = batch.suffix.shape[1]
     r_cache = KVCache.init(receiver.config, b, tp, receiver.dtype)
     _, r_cache = forward(
         receiver.graphdef, receiver_params, batch.prefix, r_cache, batch.prefix_lengths, last_only=True
     )
+    if receiver_only:
+        if adapter.spec.kind != "lcfx":
+            raise ValueError("receiver_only training is the LCF-X control: it needs an lcfx adapter")
+        spec = adapter.spec
+        shape = (len(spec.layers), b, spec.message_slots, spec.sharer.num_kv_heads, spec.sharer.head_dim)
+        empty = Message(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+        fused = adapter.receive(empty, r_cache, rng=rng, temperature=temperature)
+        return _suffix_losses(receiver, receiver_params, fused, batch)
     s_cache = KVCache.init(sharer.config, b, batch.sharer.shape[1], sharer.dtype)
     _, s_cache = forward(sharer.graphdef, sharer_params, batch.sharer, s_cache, batch.sharer_lengths, last_only=True)
     if adapter.spec.kind == "lcfx":
@@ -96,6 +107,12 @@ def token_losses(
         fused = adapter.receive(message, r_cache, rng=rng, temperature=temperature)
     else:
         fused = adapter.fuse(s_cache, r_cache, rng=rng, temperature=temperature)
+    return _suffix_losses(receiver, receiver_params, fused, batch)
+
+
+def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, batch: Batch) -> tuple[Array, Array]:
+    """The receiver runs the suffix (last prompt token, response) on the fused cache."""
+    tq = batch.suffix.shape[1]
     fused = fused.with_capacity(fused.capacity + tq)
     logits, _ = forward(receiver.graphdef, receiver_params, batch.suffix, fused, batch.suffix_lengths)
     targets = batch.suffix[:, 1:]
@@ -127,7 +144,17 @@ def make_train_step(
             def loss(params):
                 adapter = nnx.merge(adapter_graphdef, params)
                 rng = jax.vmap(lambda row: jax.random.fold_in(step_key, row))(micro_batch.row_ids)  # per row
-                return token_losses(adapter, sharer, receiver, frozen, micro_batch, rng, temperature, config.num_spans)
+                return token_losses(
+                    adapter,
+                    sharer,
+                    receiver,
+                    frozen,
+                    micro_batch,
+                    rng,
+                    temperature,
+                    config.num_spans,
+                    config.receiver_only,
+                )
 
             (nll, n), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)

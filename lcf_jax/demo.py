@@ -1,0 +1,114 @@
+"""`lcf demo`, the main job: LCF-X against text communication on the embedded default pair.
+
+SmolLM2-135M-Instruct (installed offline from PyPI) is both sharer and receiver. On generated
+split-context questions (`lcf_jax.data.split_qa`) the demo trains the LCF-X adapter and the
+receiver-only control (the same adapter trained with zero messages) on this machine's CPU, then
+evaluates every condition of `lcf_jax.eval.conditions` on held-out questions and writes
+results.json, results.md, f1_vs_ttft.png and answers.jsonl into the work directory. A second run
+with the same work directory reuses the trained adapters (and an interrupted training resumes).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from lcf_jax.adapters.io import load_adapter
+from lcf_jax.data.split_qa import generate_questions
+from lcf_jax.eval.conditions import Setup
+from lcf_jax.eval.report import ConditionResult, markdown_table
+from lcf_jax.eval.run import evaluate
+from lcf_jax.models.model import Model
+from lcf_jax.train.defaults import base_config
+from lcf_jax.train.loop import ADAPTER_DIR, train
+
+MODEL = "smollm2-135m"
+RUNS = {"lcfx": False, "receiver_only": True}  # run directory -> trained with zero messages
+
+
+def demo_config() -> ml_collections.ConfigDict:
+    """The demo's training recipe, sized for a 2-core CPU (the paper's recipe is in
+    lcf_jax/train/defaults.py; this one trains far less: see README for what that costs)."""
+    config = base_config()
+    config.sharer = config.receiver = MODEL
+    config.model_dtype = "float32"  # bf16 is slower on most CPUs
+    config.adapter.kind = "lcfx"
+    config.adapter.options = ml_collections.ConfigDict(dict(latent_width=64, dropout=0.0))
+    config.adapter.num_spans = 8  # 5 paragraphs per sharer
+    config.data.kind = "split_qa"
+    config.data.count = 1600
+    config.data.variant = "mixed"
+    config.data.bucket = 32
+    config.data.max_length = 512
+    config.train.batch_size = 8
+    config.train.micro_batches = 1
+    config.train.steps = 200
+    config.train.learning_rate = 1e-3
+    config.train.warmup_fraction = 0.05
+    config.train.anneal_steps = 200
+    config.checkpoint.every = 50
+    config.log_every = 10
+    config.eval = ml_collections.ConfigDict(
+        dict(count=300, latency_questions=5, batch_size=32, seed=1, budgets=(50, 100, 150, 200))
+    )
+    return config
+
+
+def train_runs(
+    config: ml_collections.ConfigDict, workdir: Path, models: tuple[Model, Model], progress: bool
+) -> dict[str, Path]:
+    """Train (or reuse) the LCF-X adapter and the receiver-only control; their adapter directories."""
+    out = {}
+    for name, receiver_only in RUNS.items():
+        run_dir = workdir / name
+        if not (run_dir / ADAPTER_DIR / "adapter_config.json").exists():
+            run_config = ml_collections.ConfigDict(config.to_dict())
+            run_config.adapter.receiver_only = receiver_only
+            print(f"training {name} adapter in {run_dir}", file=sys.stderr, flush=True)
+            train(run_config, run_dir, progress=progress, models=models)
+        else:
+            print(f"reusing the {name} adapter in {run_dir / ADAPTER_DIR}", file=sys.stderr, flush=True)
+        out[name] = run_dir / ADAPTER_DIR
+    return out
+
+
+def demo(
+    workdir: str | Path,
+    *,
+    config: ml_collections.ConfigDict | None = None,
+    models: tuple[Model, Model] | None = None,
+    progress: bool = True,
+) -> list[ConditionResult]:
+    """Train (or reuse), evaluate, print the table. `models` (sharer, receiver) replaces loading the
+    default pair (tests pass tiny ones)."""
+    workdir = Path(workdir)
+    config = config or demo_config()
+    if models is None:
+        from lcf_jax.loading import load_model  # noqa: PLC0415 - only the real run loads a checkpoint
+
+        model = load_model(config.receiver, dtype=config.model_dtype)
+        models = (model, model)
+    adapters = train_runs(config, workdir, models, progress)
+    e = config.eval
+    questions = generate_questions("test", e.count, seed=e.seed, variant=config.data.variant)
+    setup = Setup(
+        *models,
+        adapter=load_adapter(adapters["lcfx"]),
+        control=load_adapter(adapters["receiver_only"]),
+        sharer_sees_question=config.data.sharer_sees_question,
+        batch_size=e.batch_size,
+        budgets=tuple(e.budgets),
+    )
+    meta: dict[str, Any] = {
+        "dataset": f"split_qa test ({config.data.variant}), seed {e.seed}",
+        "train": {k: config.train[k] for k in ("steps", "batch_size", "learning_rate")}
+        | {"examples": config.data.count, "latent_width": config.adapter.options.latent_width},
+    }
+    results = evaluate(setup, questions, workdir, latency_questions=e.latency_questions, meta=meta, progress=progress)
+    reference = max((r for r in results if r.name.startswith("text_")), key=lambda r: r.f1).name
+    print(markdown_table(results, reference=reference), flush=True)
+    print(f"\nwrote {workdir / 'results.json'}, results.md, f1_vs_ttft.png, answers.jsonl", flush=True)
+    return results

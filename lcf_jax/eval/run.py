@@ -1,0 +1,92 @@
+"""`evaluate`: every condition on the same questions, scored, timed, tested against the best text
+condition, and written out (results.json, results.md, f1_vs_ttft.png, answers.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lcf_jax.data.qa import Question
+from lcf_jax.eval.conditions import Answers, Setup, Timing, decode, run_answers, run_latency
+from lcf_jax.eval.metrics import score
+from lcf_jax.eval.report import ConditionResult, markdown_table, plot_f1_vs_ttft, with_significance, write_results
+from lcf_jax.eval.significance import compare_to
+
+
+def _median_ms(values: Sequence[float]) -> float | None:
+    return 1e3 * statistics.median(values) if values else None
+
+
+def stage_table(times: dict[str, list[Timing]]) -> str:
+    """Median milliseconds per stage: where each condition's time to first token goes."""
+    lines = [
+        "| condition | sharer (prefill + write/summarise) ms | receiver to first token ms | time to first token ms |",
+        "|---|---|---|---|",
+    ]
+    for name, rows in times.items():
+        cells = [_median_ms([getattr(t, f) for t in rows]) for f in ("sharer_s", "receiver_first_s", "ttft_s")]
+        lines.append(f"| {name} | " + " | ".join(f"{c:,.1f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(
+    setup: Setup,
+    questions: Sequence[Question],
+    workdir: str | Path,
+    *,
+    latency_questions: int = 5,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[ConditionResult]:
+    """Run, score and report every condition of `setup` on `questions`; timings come from the
+    first `latency_questions` questions run one at a time. Returns the results (also written to
+    `workdir`)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    answers: Answers = run_answers(setup, questions, progress=progress)
+    gold = [q.answers for q in questions]
+    scores = {name: score(answers.by_condition[name], gold, clean=True) for name in setup.conditions()}
+    times = run_latency(setup, questions[: max(latency_questions, 2)], progress=progress) if latency_questions else {}
+    text = [n for n in scores if n.startswith("text_")]
+    reference = max(text, key=lambda n: scores[n]["f1_mean"]) if text else "half_context"
+    results = [
+        ConditionResult(
+            name=name,
+            f1=float(scores[name]["f1_mean"]),
+            em=float(scores[name]["em_mean"]),
+            ttft_ms=_median_ms([t.ttft_s for t in times.get(name, [])]),
+            answer_ms=_median_ms([t.answer_s for t in times.get(name, [])]),
+            n=len(questions),
+            message_bytes=answers.message_bytes(setup, name),
+        )
+        for name in setup.conditions()
+    ]
+    results = with_significance(results, compare_to(reference, scores))
+    meta = {
+        "reference": reference,
+        "sharer": repr(setup.sharer),
+        "receiver": repr(setup.receiver),
+        "budgets": list(setup.budgets),
+        "sharer_sees_question": setup.sharer_sees_question,
+        "latency_questions": min(len(questions), max(latency_questions, 2)) if latency_questions else 0,
+        "stages_ms": {
+            name: {f: _median_ms([getattr(t, f) for t in rows]) for f in ("sharer_s", "receiver_first_s", "ttft_s")}
+            for name, rows in times.items()
+        },
+        **(meta or {}),
+    }
+    write_results(workdir, results, meta=meta)
+    table = markdown_table(results, reference=reference)
+    stages = stage_table(times) if times else ""
+    (workdir / "results.md").write_text(f"{table}\n\n{stages}\n")
+    if times:
+        plot_f1_vs_ttft(results, workdir / "f1_vs_ttft.png", title=f"F1 vs time to first token (n={len(questions)})")
+    with (workdir / "answers.jsonl").open("w") as f:
+        for i, q in enumerate(questions):
+            row = {"id": q.id, "answers": list(q.answers), "message": decode(setup.sharer, answers.messages[i])}
+            row.update({name: answers.by_condition[name][i] for name in setup.conditions()})
+            f.write(json.dumps(row) + "\n")
+    return results
