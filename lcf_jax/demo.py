@@ -39,16 +39,16 @@ def demo_config() -> ml_collections.ConfigDict:
     config.adapter.options = ml_collections.ConfigDict(dict(latent_width=64, dropout=0.0))
     config.adapter.num_spans = 8  # 5 paragraphs per sharer
     config.data.kind = "split_qa"
-    config.data.count = 1600
+    config.data.count = 960
     config.data.variant = "mixed"
     config.data.bucket = 32
     config.data.max_length = 512
     config.train.batch_size = 8
     config.train.micro_batches = 1
-    config.train.steps = 200
+    config.train.steps = 120
     config.train.learning_rate = 1e-3
     config.train.warmup_fraction = 0.05
-    config.train.anneal_steps = 200
+    config.train.anneal_steps = 120
     config.checkpoint.every = 50
     config.log_every = 10
     config.eval = ml_collections.ConfigDict(
