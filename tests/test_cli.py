@@ -39,3 +39,18 @@ def test_chat_answers_with_the_embedded_default():
     assert "Paris" in result.stdout
     piped = run("chat", "--max-new-tokens", "24", stdin="What is the capital of Germany? Answer in one word.\n")
     assert piped.returncode == 0 and "Berlin" in piped.stdout
+
+
+def test_eval_and_demo_help_and_a_missing_checkpoint(tmp_path):
+    for command, flags in (
+        ("eval", ("--config", "--checkpoint", "--control", "--data", "--count", "--latency-questions", "--workdir")),
+        ("demo", ("--workdir", "--steps", "--count")),
+    ):
+        out = run(command, "--help")
+        assert out.returncode == 0 and all(f in out.stdout for f in flags), command
+    result = run(
+        "eval", "--config", "configs/tiny.py", "--checkpoint", str(tmp_path / "nothing"), "--workdir", str(tmp_path)
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("lcf eval: error: no adapter under") and "lcf demo" in error
