@@ -87,3 +87,16 @@ def test_latency_has_every_condition_and_positive_stage_times(setup):
             assert t.ttft_s >= t.receiver_first_s
     assert all(t.sharer_s > 0 for t in times["text_12"] + times["lcfx"])
     assert all(t.sharer_s == 0 for t in times["half_context"] + times["empty_message"])
+
+
+def test_receiver_conditioned_and_prefix_adapters_run_every_latent_condition(setup):
+    s, r = setup.sharer, setup.receiver
+    prompts = [C.receiver_prompt(r, q, q.receiver_context) for q in QUESTIONS]
+    spans = [sharer_spans(q, s.tokenizer) for q in QUESTIONS]
+    for options in (dict(receiver_conditioned=True), dict(message_injection="prefix", message_slots=2)):
+        adapter = build("lcfx", s, r, latent_width=8, dropout=0.0, **options)
+        only_latent = C.Setup(s, r, adapter, budgets=(), receiver_alone=(), max_answer_tokens=4, batch_size=2)
+        assert only_latent.conditions() == ["half_context", "lcfx", "mismatched_message", "empty_message"]
+        got = C.run_answers(only_latent, QUESTIONS, progress=False).by_condition
+        gen, _ = communicate.answer_different_contexts(adapter, s, r, spans, prompts, 4)
+        assert got["lcfx"] == [C.decode(r, t) for t in gen.token_lists(stop_tokens=stop_token_ids(r))], options

@@ -62,9 +62,11 @@ class Setup:
     max_answer_tokens: int = 16
     sharer_sees_question: bool = False  # the same for the text message and the latent one
     batch_size: int = 32
+    receiver_alone: tuple[str, ...] = RECEIVER_ALONE  # which of them to run (half_context always runs)
 
     def conditions(self) -> list[str]:
-        names = [*RECEIVER_ALONE, *(text_condition(b) for b in self.budgets)]
+        alone = [n for n in RECEIVER_ALONE if n in self.receiver_alone or n == "half_context"]
+        names = [*alone, *(text_condition(b) for b in self.budgets)]
         if self.adapter is not None:
             names += ["lcfx", "mismatched_message", "empty_message"]
         if self.control is not None:
@@ -175,8 +177,10 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
     if len(questions) < 2 and setup.adapter is not None:
         raise ValueError("the mismatched-message control needs at least 2 questions")
     r, budgets, n_tok = setup.receiver, tuple(sorted(setup.budgets)), setup.max_answer_tokens
-    texts = sharer_messages(setup, questions, progress)
-    messages = latent_messages(setup, questions, progress) if setup.adapter is not None else None
+    texts = sharer_messages(setup, questions, progress) if budgets else [[] for _ in questions]
+    # A receiver-conditioned pool reads the receiver's cache too: its messages are made per batch.
+    conditioned = setup.adapter is not None and setup.adapter.spec.receiver_conditioned
+    messages = latent_messages(setup, questions, progress) if setup.adapter is not None and not conditioned else None
     answers: dict[str, list[str]] = {name: [] for name in setup.conditions()}
     bar = tqdm(total=len(questions), desc="receiver answers", disable=not progress or None)
     for start in range(0, len(questions), setup.batch_size):
@@ -184,6 +188,8 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
         chunk = [questions[i] for i in index]
         # Receiver alone, nothing shared: question only, full context.
         for name, paragraphs in (("question_only", lambda q: []), ("full_context", full_paragraphs)):
+            if name not in answers:
+                continue
             prompts = [receiver_prompt(r, q, paragraphs(q)) for q in chunk]
             out = generate(r, prompts, n_tok)
             answers[name] += [decode(r, row) for row in out.token_lists(stop_tokens=stop_token_ids(r))]
@@ -207,9 +213,14 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
         half_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(half, base_len)])
         lasts = [p[-1:] for p in half]
         answers["half_context"] += _answers(r, half_cache, lasts, n_tok)
-        if messages is not None:
-            own = _rows(messages, index)
-            other = _rows(messages, [(i + 1) % len(questions) for i in index])
+        if setup.adapter is not None:
+            others = [(i + 1) % len(questions) for i in index]
+            if conditioned:
+                own, other = (
+                    _send_conditioned(setup, [questions[i] for i in rows], half_cache) for rows in (index, others)
+                )
+            else:
+                own, other = _rows(messages, index), _rows(messages, others)
             for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", own.zeros_like())):
                 fused = communicate.receive(setup.adapter, msg, half_cache)
                 answers[name] += _answers(r, fused, lasts, n_tok)
@@ -229,8 +240,18 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
             done = stem
         bar.update(len(chunk))
     bar.close()
-    latent_bytes = None if messages is None else _rows(messages, [0]).nbytes
+    latent_bytes = None if setup.adapter is None else _message_bytes(setup.adapter)
     return Answers(answers, texts, latent_bytes)
+
+
+def _send_conditioned(setup: Setup, questions: Sequence[Question], receiver_cache: KVCache) -> Message:
+    spans = [sharer_spans(q, setup.sharer.tokenizer, sees_question=setup.sharer_sees_question) for q in questions]
+    return communicate.send(setup.adapter, setup.sharer, spans, receiver_cache=receiver_cache)
+
+
+def _message_bytes(adapter: Adapter) -> int:
+    """Bytes of one question's message (float32 keys and values of every slot and layer)."""
+    return _control_zeros(adapter, 1).nbytes
 
 
 def _control_zeros(control: Adapter, batch: int) -> Message:
@@ -288,7 +309,8 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
         ("half_context", q.receiver_context),
         ("full_context", full_paragraphs(q)),
     ):
-        out[name] = Timing(0.0, *_receiver_stage(r, receiver_prompt(r, q, paragraphs), n_tok))
+        if name in setup.conditions():
+            out[name] = Timing(0.0, *_receiver_stage(r, receiver_prompt(r, q, paragraphs), n_tok))
     for b in setup.budgets:
         prompt = sharer_text_prompt(s, q, setup.sharer_sees_question)
         gen, sharer_s = _timed(lambda p=prompt, b=b: generate(s, [p], b, bucket=128).tokens)
@@ -303,8 +325,14 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
     if setup.adapter is not None:
         for name, source in (("lcfx", q), ("mismatched_message", other)):
             spans = [sharer_spans(source, s.tokenizer, sees_question=setup.sharer_sees_question)]
-            message, sharer_s = _timed(lambda spans=spans: communicate.send(setup.adapter, s, spans))
-            apply = lambda cache, m=message: communicate.receive(setup.adapter, m, cache)  # noqa: E731
+            if setup.adapter.spec.receiver_conditioned:  # the summary needs the receiver's cache first
+                sharer_s = 0.0
+                apply = lambda c, spans=spans: communicate.receive(  # noqa: E731
+                    setup.adapter, communicate.send(setup.adapter, s, spans, receiver_cache=c), c
+                )
+            else:
+                message, sharer_s = _timed(lambda spans=spans: communicate.send(setup.adapter, s, spans))
+                apply = lambda cache, m=message: communicate.receive(setup.adapter, m, cache)  # noqa: E731
             out[name] = Timing(sharer_s, *_receiver_stage(r, half, n_tok, apply))
         zeros = _control_zeros(setup.adapter, 1)
         out["empty_message"] = Timing(

@@ -103,7 +103,8 @@ def token_losses(
     s_cache = KVCache.init(sharer.config, b, batch.sharer.shape[1], sharer.dtype)
     _, s_cache = forward(sharer.graphdef, sharer_params, batch.sharer, s_cache, batch.sharer_lengths, last_only=True)
     if adapter.spec.kind == "lcfx":
-        message = adapter.summarize(s_cache, batch.span_ids, num_spans)
+        conditioned_on = r_cache if adapter.spec.receiver_conditioned else None
+        message = adapter.summarize(s_cache, batch.span_ids, num_spans, conditioned_on)
         fused = adapter.receive(message, r_cache, rng=rng, temperature=temperature)
     else:
         fused = adapter.fuse(s_cache, r_cache, rng=rng, temperature=temperature)
