@@ -159,7 +159,7 @@ def _eval(args: argparse.Namespace) -> int:
         dataset = str(args.data)
     else:
         questions = generate_questions(
-            "test", args.count or 300, seed=args.seed, variant=config.data.get("variant", "mixed")
+            "test", args.count or 300, seed=args.seed, variant=config.data.get("variant", "single_hop")
         )
         dataset = f"split_qa test, seed {args.seed}"
     setup = Setup(
