@@ -146,9 +146,16 @@ def _eval(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     adapter = control = None
+    if args.mcq:
+        return _eval_mcq(args, config)
     if args.checkpoint:
         main, control_dir = _adapter_dirs(args.checkpoint)
-        adapter = load_adapter(main, expect_kind="lcfx")
+        adapter = load_adapter(main)
+        if adapter.spec.kind != "lcfx":
+            raise ValueError(
+                f"{main} holds a {adapter.spec.kind!r} (shared-context) adapter: evaluate it on multiple choice with "
+                "--mcq FILE.jsonl|DIR; split-context questions need an lcfx adapter"
+            )
         control = (
             load_adapter(control_dir or args.control, expect_kind="lcfx") if (control_dir or args.control) else None
         )
@@ -182,6 +189,41 @@ def _eval(args: argparse.Namespace) -> int:
     reference = max((r for r in results if r.name.startswith("text_")), key=lambda r: r.f1).name
     print(markdown_table(results, reference=reference))
     print(f"\nwrote {args.workdir}/results.json, results.md, f1_vs_ttft.png, answers.jsonl")
+    return 0
+
+
+def _eval_mcq(args: argparse.Namespace, config) -> int:
+    """Shared-context multiple choice: receiver, sharer, oracle and the checkpoint's adapter."""
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
+    from lcf_jax.data.mcq import read_mcq  # noqa: PLC0415
+    from lcf_jax.data.tfds_builders import load_mcq  # noqa: PLC0415
+    from lcf_jax.eval.mcq import mcq_summary, run_mcq  # noqa: PLC0415
+    from lcf_jax.train.loop import build_model  # noqa: PLC0415
+
+    source = Path(args.mcq)
+    items = list(read_mcq(source)) if source.is_file() else load_mcq(source)
+    items = items[: args.count or None]
+    adapters = {}
+    if args.checkpoint:
+        adapter = load_adapter(_adapter_dirs(args.checkpoint)[0])
+        if adapter.spec.kind == "lcfx":
+            raise ValueError("multiple choice is shared-context: use an lcf or c2c checkpoint (lcfx needs --data)")
+        adapters[adapter.spec.kind] = adapter
+    sharer = build_model(config, "sharer")
+    receiver = sharer if config.receiver == config.sharer else build_model(config, "receiver")
+    correct = run_mcq(sharer, receiver, items, adapters, progress=not args.no_progress)
+    summary = mcq_summary(correct, reference="c2c" if "c2c" in correct else "receiver")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "mcq.json").write_text(json.dumps({"source": str(source), "conditions": summary}, indent=2) + "\n")
+    print("| condition | accuracy | n | p (one-sided McNemar, better than reference) |\n|---|---|---|---|")
+    for name, row in summary.items():
+        p = row.get("mcnemar_p_greater")
+        print(f"| {name} | {row['accuracy']:.1f} | {row['n']} | {'' if p is None else f'{p:.3g}'} |")
+    print(f"\nwrote {workdir / 'mcq.json'}")
     return 0
 
 
@@ -259,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--data", default=None, help="split-context questions JSONL (default: generated split_qa test questions)"
+    )
+    evaluate.add_argument(
+        "--mcq",
+        default=None,
+        help="multiple choice instead: a JSONL file (MMLU-Redux, ARC or OpenBookQA layout) or a directory of them; "
+        "with an lcf or c2c --checkpoint",
     )
     evaluate.add_argument("--count", type=int, default=0, help="questions to evaluate (default: all, or 300 generated)")
     evaluate.add_argument("--seed", type=int, default=1, help="seed of the generated questions (default: 1)")

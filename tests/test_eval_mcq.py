@@ -3,29 +3,20 @@ forward over the whole prompt, and an adapter with closed gates scores exactly l
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 from tiny_pair import tiny_text_models
 
 from lcf_jax.adapters import build
+from lcf_jax.data.mcq import MCQ
 from lcf_jax.eval.mcq import mcq_prompt, mcq_summary, run_mcq
 from lcf_jax.eval.metrics import letter_token_ids
 from lcf_jax.models.model import forward
 
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-    question: str
-    choices: tuple[str, ...]
-    answer: int
-
-
 ITEMS = [
-    Item("Which is a colour?", ("red", "dog", "six"), 0),
-    Item("2 + 2?", ("3", "4", "5", "22"), 1),
-    Item("Capital of Peru?", ("Quito", "Lima"), 1),
+    MCQ("m0", "Which is a colour?", ("red", "dog", "six"), 0, "test"),
+    MCQ("m1", "2 + 2?", ("3", "4", "5", "22"), 1, "test"),
+    MCQ("m2", "Capital of Peru?", ("Quito", "Lima"), 1, "test"),
 ]
 
 
@@ -36,7 +27,7 @@ def test_mcq_scores_from_letter_logits_and_closed_gates_change_nothing():
     correct = run_mcq(sharer, receiver, ITEMS, {"closed": closed, "lcf": opened}, batch_size=2, progress=False)
     assert set(correct) == {"receiver", "sharer", "closed", "lcf", "oracle"}
     for item, right in zip(ITEMS, correct["receiver"]):
-        prompt = mcq_prompt(receiver, item.question, item.choices)
+        prompt = mcq_prompt(receiver, item)
         logits, _ = forward(
             receiver.graphdef,
             receiver.params,

@@ -19,23 +19,18 @@ from tqdm.auto import tqdm
 from lcf_jax import communicate
 from lcf_jax.adapters import Adapter
 from lcf_jax.align import align_batch
-from lcf_jax.eval.metrics import choice_letters, letter_token_ids
+from lcf_jax.data.mcq import ANSWER_CUE, MCQ
+from lcf_jax.data.mcq import mcq_prompt as mcq_text
+from lcf_jax.eval.metrics import letter_token_ids
 from lcf_jax.eval.significance import mcnemar_exact
 from lcf_jax.models.model import Model, forward
 from lcf_jax.sampling import chat_prompt
 
-ANSWER_LEAD = "The correct answer is"
 
-
-def mcq_text(question: str, choices: Sequence[str]) -> str:
-    letters = choice_letters(len(choices))
-    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices))
-    return f"{question}\n{options}\nAnswer with the letter of the correct option."
-
-
-def mcq_prompt(model: Model, question: str, choices: Sequence[str]) -> list[int]:
-    lead = model.tokenizer.encode(ANSWER_LEAD, add_special_tokens=False)
-    return chat_prompt(model, mcq_text(question, choices)) + list(lead)
+def mcq_prompt(model: Model, item: MCQ) -> list[int]:
+    """The question and its lettered options through the chat template, then the answer cue."""
+    cue = model.tokenizer.encode(ANSWER_CUE, add_special_tokens=False)
+    return chat_prompt(model, mcq_text(item)) + list(cue)
 
 
 def _letter_logits(model: Model, cache, lasts: Sequence[int], letters: np.ndarray) -> np.ndarray:
@@ -49,14 +44,13 @@ def _letter_logits(model: Model, cache, lasts: Sequence[int], letters: np.ndarra
 def run_mcq(
     sharer: Model,
     receiver: Model,
-    items: Sequence[Any],
+    items: Sequence[MCQ],
     adapters: Mapping[str, Adapter],
     *,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Per condition, whether each item was answered right (`[n]` bool). `items` have `question`,
-    `choices` (texts) and `answer` (the correct option's index)."""
+    """Per condition, whether each item was answered right (`[n]` bool)."""
     correct: dict[str, list[bool]] = {name: [] for name in ("receiver", "sharer", *adapters)}
     for start in tqdm(range(0, len(items), batch_size), desc="multiple choice", disable=not progress or None):
         chunk = items[start : start + batch_size]
@@ -69,12 +63,12 @@ def run_mcq(
         def pick(scores: np.ndarray, valid: np.ndarray = valid) -> np.ndarray:
             return np.argmax(np.where(valid, scores, -np.inf), axis=1)
 
-        r_prompts = [mcq_prompt(receiver, it.question, it.choices) for it in chunk]
+        r_prompts = [mcq_prompt(receiver, it) for it in chunk]
         heads, lasts = communicate.split_last(r_prompts)
         r_cache = communicate.prefill(receiver, heads)
         letters = np.tile(np.asarray(r_letters)[None], (len(chunk), 1))
         correct["receiver"] += list(pick(_letter_logits(receiver, r_cache, [x[0] for x in lasts], letters)) == gold)
-        s_prompts = [mcq_prompt(sharer, it.question, it.choices) for it in chunk]
+        s_prompts = [mcq_prompt(sharer, it) for it in chunk]
         s_heads, s_lasts = communicate.split_last(s_prompts)
         s_alone = communicate.prefill(sharer, s_heads)
         s_letter_ids = np.tile(np.asarray(s_letters)[None], (len(chunk), 1))
