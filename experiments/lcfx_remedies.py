@@ -61,9 +61,9 @@ def main() -> None:
     workdir = Path(args.workdir)
     model = load_model("smollm2-135m")
     rows = json.loads((workdir / "remedies.json").read_text()) if (workdir / "remedies.json").exists() else {}
-    for name, config in variants().items():
-        if args.only and name not in args.only:
-            continue
+    chosen = variants()
+    for name in args.only or list(chosen):  # in the order given
+        config = chosen[name]
         run_dir = workdir / name
         start = time.perf_counter()
         if not (run_dir / ADAPTER_DIR / "adapter_config.json").exists():
