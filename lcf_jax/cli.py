@@ -133,6 +133,14 @@ def _adapter_dirs(checkpoint: str) -> tuple[str, str | None]:
     )
 
 
+def _load_pair(config):
+    """The config's sharer and receiver, loaded once when they are the same model."""
+    from lcf_jax.train.loop import build_model  # noqa: PLC0415
+
+    sharer = build_model(config, "sharer")
+    return sharer, sharer if config.receiver == config.sharer else build_model(config, "receiver")
+
+
 def _eval(args: argparse.Namespace) -> int:
     _quiet_logs()
     from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
@@ -142,7 +150,6 @@ def _eval(args: argparse.Namespace) -> int:
     from lcf_jax.eval.conditions import Setup  # noqa: PLC0415
     from lcf_jax.eval.report import markdown_table  # noqa: PLC0415
     from lcf_jax.eval.run import evaluate  # noqa: PLC0415
-    from lcf_jax.train.loop import build_model  # noqa: PLC0415
 
     config = load_config(args.config)
     adapter = control = None
@@ -159,8 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
         control = (
             load_adapter(control_dir or args.control, expect_kind="lcfx") if (control_dir or args.control) else None
         )
-    sharer = build_model(config, "sharer")
-    receiver = sharer if config.receiver == config.sharer else build_model(config, "receiver")
+    sharer, receiver = _load_pair(config)
     if args.data:
         questions = list(read_questions(args.data))[: args.count or None]
         dataset = str(args.data)
@@ -201,7 +207,6 @@ def _eval_mcq(args: argparse.Namespace, config) -> int:
     from lcf_jax.data.mcq import read_mcq  # noqa: PLC0415
     from lcf_jax.data.tfds_builders import load_mcq  # noqa: PLC0415
     from lcf_jax.eval.mcq import mcq_summary, run_mcq  # noqa: PLC0415
-    from lcf_jax.train.loop import build_model  # noqa: PLC0415
 
     source = Path(args.mcq)
     items = list(read_mcq(source)) if source.is_file() else load_mcq(source)
@@ -212,8 +217,7 @@ def _eval_mcq(args: argparse.Namespace, config) -> int:
         if adapter.spec.kind == "lcfx":
             raise ValueError("multiple choice is shared-context: use an lcf or c2c checkpoint (lcfx needs --data)")
         adapters[adapter.spec.kind] = adapter
-    sharer = build_model(config, "sharer")
-    receiver = sharer if config.receiver == config.sharer else build_model(config, "receiver")
+    sharer, receiver = _load_pair(config)
     correct = run_mcq(sharer, receiver, items, adapters, progress=not args.no_progress)
     summary = mcq_summary(correct, reference="c2c" if "c2c" in correct else "receiver")
     workdir = Path(args.workdir)

@@ -113,9 +113,11 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _answers(model: Model, cache: KVCache, suffixes: Sequence[Sequence[int]], max_tokens: int) -> list[str]:
-    """Greedy answers continuing `cache` with each row's remaining prompt tokens."""
-    out = generate(model, [list(s) for s in suffixes], max_tokens, cache=cache, bucket=8)
+def _answers(model: Model, cache: KVCache | None, suffixes: Sequence[Sequence[int]], max_tokens: int) -> list[str]:
+    """Greedy answers continuing `cache` with each row's remaining prompt tokens (with no cache, the
+    rows are whole prompts)."""
+    bucket = 64 if cache is None else 8
+    out = generate(model, [list(s) for s in suffixes], max_tokens, cache=cache, bucket=bucket)
     return [decode(model, row) for row in out.token_lists(stop_tokens=stop_token_ids(model))]
 
 
@@ -191,8 +193,7 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
             if name not in answers:
                 continue
             prompts = [receiver_prompt(r, q, paragraphs(q)) for q in chunk]
-            out = generate(r, prompts, n_tok)
-            answers[name] += [decode(r, row) for row in out.token_lists(stop_tokens=stop_token_ids(r))]
+            answers[name] += _answers(r, None, prompts, n_tok)
         half = [receiver_prompt(r, q, q.receiver_context) for q in chunk]
         text = {
             b: [
