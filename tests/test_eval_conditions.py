@@ -83,7 +83,9 @@ def test_latency_has_every_condition_and_positive_stage_times(setup):
     for name, rows in times.items():
         assert len(rows) == 2
         for t in rows:
-            assert t.receiver_first_s > 0 and t.receiver_answer_s >= t.receiver_first_s * 0.5, name
+            # The two receiver stages are separate timed runs, so on a busy machine either can be
+            # the slower one; only their presence and the TTFT sum are structural.
+            assert t.receiver_first_s > 0 and t.receiver_answer_s > 0, name
             assert t.ttft_s >= t.receiver_first_s
     assert all(t.sharer_s > 0 for t in times["text_12"] + times["lcfx"])
     assert all(t.sharer_s == 0 for t in times["half_context"] + times["empty_message"])
