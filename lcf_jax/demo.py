@@ -19,7 +19,7 @@ import ml_collections
 from lcf_jax.adapters.io import load_adapter
 from lcf_jax.data.split_qa import generate_questions
 from lcf_jax.eval.conditions import Setup
-from lcf_jax.eval.report import ConditionResult, markdown_table
+from lcf_jax.eval.report import ConditionResult
 from lcf_jax.eval.run import evaluate
 from lcf_jax.models.model import Model
 from lcf_jax.train.defaults import base_config
@@ -108,7 +108,6 @@ def demo(
         | {"examples": config.data.count, "latent_width": config.adapter.options.latent_width},
     }
     results = evaluate(setup, questions, workdir, latency_questions=e.latency_questions, meta=meta, progress=progress)
-    reference = max((r for r in results if r.name.startswith("text_")), key=lambda r: r.f1).name
-    print(markdown_table(results, reference=reference), flush=True)
-    print(f"\nwrote {workdir / 'results.json'}, results.md, f1_vs_ttft.png, answers.jsonl", flush=True)
+    print((workdir / "results.md").read_text(), flush=True)  # the table and the stage times
+    print(f"wrote {workdir / 'results.json'}, results.md, f1_vs_ttft.png, answers.jsonl", flush=True)
     return results

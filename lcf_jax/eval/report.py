@@ -83,6 +83,13 @@ def with_significance(
     return out
 
 
+def reference_condition(f1_by_condition: Mapping[str, float]) -> str:
+    """The condition the p-values compare with: the best text condition by F1 (the paper's claim is
+    that a latent message beats *any* text budget), or half_context when no text was sent."""
+    text = [name for name in f1_by_condition if name.startswith("text_")]
+    return max(text, key=lambda name: f1_by_condition[name]) if text else "half_context"
+
+
 def _check_names(conditions: Sequence[ConditionResult]) -> None:
     names = [c.name for c in conditions]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -12,7 +12,14 @@ from typing import Any
 from lcf_jax.data.qa import Question
 from lcf_jax.eval.conditions import Answers, Setup, Timing, decode, run_answers, run_latency
 from lcf_jax.eval.metrics import score
-from lcf_jax.eval.report import ConditionResult, markdown_table, plot_f1_vs_ttft, with_significance, write_results
+from lcf_jax.eval.report import (
+    ConditionResult,
+    markdown_table,
+    plot_f1_vs_ttft,
+    reference_condition,
+    with_significance,
+    write_results,
+)
 from lcf_jax.eval.significance import compare_to
 
 
@@ -43,15 +50,15 @@ def evaluate(
 ) -> list[ConditionResult]:
     """Run, score and report every condition of `setup` on `questions`; timings come from the
     first `latency_questions` questions run one at a time. Returns the results (also written to
-    `workdir`)."""
+    `workdir`: results.json, results.md with the table and the stage times, f1_vs_ttft.png,
+    answers.jsonl)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     answers: Answers = run_answers(setup, questions, progress=progress)
     gold = [q.answers for q in questions]
     scores = {name: score(answers.by_condition[name], gold, clean=True) for name in setup.conditions()}
     times = run_latency(setup, questions[: max(latency_questions, 2)], progress=progress) if latency_questions else {}
-    text = [n for n in scores if n.startswith("text_")]
-    reference = max(text, key=lambda n: scores[n]["f1_mean"]) if text else "half_context"
+    reference = reference_condition({name: s["f1_mean"] for name, s in scores.items()})
     results = [
         ConditionResult(
             name=name,
