@@ -1,5 +1,6 @@
-"""The embedded default pair: SmolLM2-135M-Instruct as sharer and receiver (installs offline from
-PyPI), LCF-X on split-context questions, sized for a laptop-class CPU.
+"""The embedded default pair on your own split-context questions: the `lcf demo` recipe
+(SmolLM2-135M-Instruct as sharer and receiver, LCF-X, sized for a laptop-class CPU) reading a JSONL
+file instead of the generated split_qa questions.
 
     lcf train --config configs/smollm2_qa.py --workdir /tmp/lcf-smollm2 --config.data.path=questions.jsonl
 
@@ -11,26 +12,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from lcf_jax.train.defaults import base_config
+from lcf_jax.demo import demo_config
 
 
 def get_config(arg: str = "64") -> ml_collections.ConfigDict:
-    config = base_config()
-    config.sharer = "smollm2-135m"
-    config.receiver = "smollm2-135m"
-    config.model_dtype = "float32"  # bf16 is no faster on most CPUs
-    config.adapter.kind = "lcfx"
-    config.adapter.options = ml_collections.ConfigDict(dict(latent_width=int(arg or 64), dropout=0.0))
-    config.adapter.num_spans = 8
+    config = demo_config()
+    config.adapter.options.latent_width = int(arg or 64)
     config.data.kind = "qa_jsonl"
     config.data.path = "questions.jsonl"
-    config.data.max_length = 512
-    config.data.bucket = 32
+    # A user's own data is usually larger than the demo's 960 questions: more steps, bigger batches.
     config.train.batch_size = 16
     config.train.micro_batches = 2
-    config.train.steps = 200
-    config.train.learning_rate = 1e-3
-    config.train.anneal_steps = 200
-    config.checkpoint.every = 50
+    config.train.steps = config.train.anneal_steps = 200
     config.log_every = 5
     return config
