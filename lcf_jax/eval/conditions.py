@@ -13,10 +13,11 @@ Conditions
                                              it can learn the task but receive nothing
 
 Sharing work in the accuracy run: every receiver prompt of a question starts with the same tokens
-(the instruction and the receiver's own facts), so that part is prefilled once and each condition
-extends it; the text budgets extend one another in turn (a budget's message is a prefix of the
-next's), and the latent conditions all start from the half-context cache. Chunked prefill equals
-one prefill (tests/test_models_parity.py), so the answers are those of separate runs.
+(the instruction and the receiver's own facts; the full context lists them first), so that part
+is prefilled once and each condition extends it; the text budgets extend one another in turn (a
+budget's message is a prefix of the next's), and the latent conditions all start from the
+half-context cache. Chunked prefill equals one prefill (tests/test_models_parity.py), so the
+answers are those of separate runs.
 """
 
 from __future__ import annotations
@@ -188,13 +189,11 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
     for start in range(0, len(questions), setup.batch_size):
         index = list(range(start, min(start + setup.batch_size, len(questions))))
         chunk = [questions[i] for i in index]
-        # Receiver alone, nothing shared: question only, full context.
-        for name, paragraphs in (("question_only", lambda q: []), ("full_context", full_paragraphs)):
-            if name not in answers:
-                continue
-            prompts = [receiver_prompt(r, q, paragraphs(q)) for q in chunk]
-            answers[name] += _answers(r, None, prompts, n_tok)
+        if "question_only" in answers:  # the receiver alone, with nothing but the question
+            answers["question_only"] += _answers(r, None, [receiver_prompt(r, q, []) for q in chunk], n_tok)
         half = [receiver_prompt(r, q, q.receiver_context) for q in chunk]
+        # The full context lists the receiver's paragraphs first, so it shares their prefill too.
+        full = [receiver_prompt(r, q, full_paragraphs(q)) for q in chunk] if "full_context" in answers else None
         text = {
             b: [
                 receiver_prompt(r, q, q.receiver_context, decode(setup.sharer, texts[i][:b]))
@@ -202,7 +201,7 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
             ]
             for b in budgets
         }
-        chain = [half, *(text[b] for b in budgets)]
+        chain = [half, *(text[b] for b in budgets), *([full] if full else [])]
         # Every prompt of a row starts with the same tokens (instruction, the receiver's facts):
         # prefill them once. Each prompt keeps at least its last token to continue from.
         base_len = [
@@ -214,6 +213,9 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
         half_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(half, base_len)])
         lasts = [p[-1:] for p in half]
         answers["half_context"] += _answers(r, half_cache, lasts, n_tok)
+        if full:
+            full_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(full, base_len)])
+            answers["full_context"] += _answers(r, full_cache, [p[-1:] for p in full], n_tok)
         if setup.adapter is not None:
             others = [(i + 1) % len(questions) for i in index]
             if conditioned:
@@ -231,7 +233,7 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
         # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
         cache, done = base, base_len
         for k, b in enumerate(budgets, start=1):
-            later = chain[k:]
+            later = chain[k : 1 + len(budgets)]  # this budget and the larger ones (not full_context)
             stem = [
                 max(done[row], min(_common_prefix([c[row] for c in later]), len(text[b][row]) - 1))
                 for row in range(len(chunk))
