@@ -6,7 +6,8 @@ Separate, identical key and value branches. Key branch, per token:
     delta = key_proj_out(key_proj_mlp2(h))              # FFN block, -> K_R*H_R
     alpha = sigmoid(key_scalar_head(key_scalar_mlp2(h)))  # FFN block, -> K_R (per head)
     R_K' = R_K + gate(key_gate_logit) * alpha * delta
-Attribute names follow the reference implementation so its released weights import one to one.
+Attribute names follow the reference implementation, so its released weights import by name
+(`lcf_jax/export/c2c_import.py`; the reference nests each FFN block under `blocks.0`).
 """
 
 from __future__ import annotations
