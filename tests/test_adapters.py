@@ -208,6 +208,35 @@ def test_gradients_reach_only_the_adapter(models):
     assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(g_receiver))
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"receiver_conditioned": True}, {"message_injection": "prefix", "message_slots": 2}]
+)
+def test_lcfx_gradients_reach_the_span_pool(models, options):
+    """The message is the adapter's own output: the pool's queries (and the receiver-conditioning
+    projection) must learn through it; only the models' caches are constants."""
+    sharer, receiver = models
+    adapter = build("lcfx", SHARER, RECEIVER, dropout=0.0, **options)
+    graphdef, params = nnx.split(adapter)
+    tokens = jnp.array([[5, 9, 13, 2, 77, 3]], jnp.int32)
+    span_ids = jnp.array([[0, 0, 1, 1, 1, 2]], jnp.int32)
+
+    def loss(adapter_params, sharer_params):
+        s_cache = sharer.new_cache(1, 6)
+        r_cache = receiver.new_cache(1, 5)
+        _, s_cache = forward(sharer.graphdef, sharer_params, jnp.array([[8, 4, 21, 6, 30, 2]]), s_cache)
+        _, r_cache = forward(receiver.graphdef, receiver.params, tokens[:, :5], r_cache)
+        a = nnx.merge(graphdef, adapter_params)
+        message = a.summarize(s_cache, span_ids, 3, r_cache if a.spec.receiver_conditioned else None)
+        fused = a.receive(message, r_cache, rng=jax.random.key(0))
+        logits, _ = forward(receiver.graphdef, receiver.params, tokens[:, 5:], fused.with_capacity(fused.capacity + 3))
+        return -jax.nn.log_softmax(logits[0, -1])[7]
+
+    g_adapter, g_sharer = jax.grad(loss, argnums=(0, 1))(params, sharer.params)
+    for path, g in nnx.to_flat_state(g_adapter):
+        assert float(jnp.abs(g.get_value()).max()) > 0, ".".join(map(str, path))
+    assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(g_sharer))
+
+
 def test_mismatched_pairs_get_clear_errors(models):
     sharer, receiver = models
     s_cache, r_cache = caches(models)

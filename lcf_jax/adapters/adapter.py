@@ -83,6 +83,12 @@ def _select(cache: KVCache, layers: tuple[int, ...]) -> tuple[Array, Array]:
     return cache.k[idx], cache.v[idx]
 
 
+def _frozen(pair: tuple[Array, Array]) -> tuple[Array, Array]:
+    """A model's keys and values as constants: both models are frozen, so no gradient flows from
+    the adapter back into either model's cache."""
+    return jax.lax.stop_gradient(pair[0]), jax.lax.stop_gradient(pair[1])
+
+
 def _layer_keys(rng: Array | None, n: int) -> Array | None:
     """`[N]` keys (or `[N, B]` per-row keys), one per adapter layer, for the vmap over layers."""
     return None if rng is None else jnp.stack(split_keys(rng, n))
@@ -138,8 +144,9 @@ class Adapter(nnx.Module):
         keys = _layer_keys(rng, len(self.spec.layers))
 
         def one(projector, sk, sv, rk, rv, key=None):
-            # Frozen models: no gradient flows from the adapter back into either model's cache.
-            sk, sv, rk, rv = (jax.lax.stop_gradient(x).astype(jnp.float32) for x in (sk, sv, rk, rv))
+            # No stop_gradient here: for LCF-X `sk, sv` is the message, and the span pool that made
+            # it learns through this gradient. The models' caches are cut off by the callers.
+            sk, sv, rk, rv = (x.astype(jnp.float32) for x in (sk, sv, rk, rv))
             return projector(sk, sv, rk, rv, key, temperature)
 
         args = (sk, sv, rk, rv) if keys is None else (sk, sv, rk, rv, keys)
@@ -173,8 +180,8 @@ class Adapter(nnx.Module):
         if sharer.batch_size != receiver.batch_size:
             raise ValueError(f"sharer batch {sharer.batch_size} != receiver batch {receiver.batch_size}")
         s = receiver.capacity
-        sk, sv = _select(sharer.with_capacity(s), spec.source_layers)
-        rk, rv = _select(receiver, spec.layers)
+        sk, sv = _frozen(_select(sharer.with_capacity(s), spec.source_layers))
+        rk, rv = _frozen(_select(receiver, spec.layers))
         return self.residuals(sk[:, :, :s], sv[:, :, :s], rk, rv, rng=rng, temperature=temperature)
 
     def fuse(self, sharer: KVCache, receiver: KVCache, *, rng=None, temperature=1.0, mask=None) -> KVCache:
@@ -240,7 +247,7 @@ class Adapter(nnx.Module):
         _check_cache(receiver, self.spec.receiver, "receiver", self.spec)
         if message.batch_size != receiver.batch_size:
             raise ValueError(f"message batch {message.batch_size} != receiver batch {receiver.batch_size}")
-        rk, rv = _select(receiver, self.spec.layers)
+        rk, rv = _frozen(_select(receiver, self.spec.layers))
         # One summary per layer for every receiver position: passed with a position axis of 1, so the
         # projector multiplies it once per row and broadcasts (slots beyond the first are the prefix
         # option's; in broadcast mode M is 1).
