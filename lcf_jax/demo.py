@@ -55,7 +55,7 @@ def demo_config() -> ml_collections.ConfigDict:
     config.checkpoint.every = 50
     config.log_every = 10
     config.eval = ml_collections.ConfigDict(
-        dict(count=300, latency_questions=5, batch_size=32, seed=1, budgets=(50, 100, 150, 200))
+        dict(count=300, latency_questions=4, batch_size=32, seed=1, budgets=(50, 100, 150, 200))
     )
     return config
 

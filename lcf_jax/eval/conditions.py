@@ -290,12 +290,17 @@ class Timing:
         return self.sharer_s + self.receiver_answer_s
 
 
+# Prompts are padded to a multiple of this many tokens: fine enough that padding adds little to a
+# batch-1 prefill (128 nearly doubled a 140-token one), coarse enough to need few compiled shapes.
+LATENCY_BUCKET = 32
+
+
 def _receiver_stage(model: Model, prompt: Sequence[int], max_tokens: int, apply=None) -> tuple[float, float]:
     """(seconds to the first token, seconds to the end of the answer) of the receiver reading
     `prompt`, optionally rewriting its cache with `apply(cache)` before the last token."""
 
     def run(n):
-        cache = communicate.prefill(model, [list(prompt[:-1])], bucket=128)
+        cache = communicate.prefill(model, [list(prompt[:-1])], bucket=LATENCY_BUCKET)
         if apply is not None:
             cache = apply(cache)
         return generate(model, [list(prompt[-1:])], n, cache=cache, bucket=1).tokens
@@ -316,7 +321,7 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
             out[name] = Timing(0.0, *_receiver_stage(r, receiver_prompt(r, q, paragraphs), n_tok))
     for b in setup.budgets:
         prompt = sharer_text_prompt(s, q, setup.sharer_sees_question)
-        gen, sharer_s = _timed(lambda p=prompt, b=b: generate(s, [p], b, bucket=128).tokens)
+        gen, sharer_s = _timed(lambda p=prompt, b=b: generate(s, [p], b, bucket=LATENCY_BUCKET).tokens)
         message = decode(s, [t for t in gen[0].tolist() if t not in stop_token_ids(s)])
         start = time.perf_counter()
         text_prompt = receiver_prompt(r, q, q.receiver_context, message)
@@ -331,10 +336,14 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
             if setup.adapter.spec.receiver_conditioned:  # the summary needs the receiver's cache first
                 sharer_s = 0.0
                 apply = lambda c, spans=spans: communicate.receive(  # noqa: E731
-                    setup.adapter, communicate.send(setup.adapter, s, spans, receiver_cache=c), c
+                    setup.adapter,
+                    communicate.send(setup.adapter, s, spans, receiver_cache=c, bucket=LATENCY_BUCKET),
+                    c,
                 )
             else:
-                message, sharer_s = _timed(lambda spans=spans: communicate.send(setup.adapter, s, spans))
+                message, sharer_s = _timed(
+                    lambda spans=spans: communicate.send(setup.adapter, s, spans, bucket=LATENCY_BUCKET)
+                )
                 apply = lambda cache, m=message: communicate.receive(setup.adapter, m, cache)  # noqa: E731
             out[name] = Timing(sharer_s, *_receiver_stage(r, half, n_tok, apply))
         zeros = _control_zeros(setup.adapter, 1)
@@ -350,13 +359,17 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
 
 
 def run_latency(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> dict[str, list[Timing]]:
-    """Stage times of every condition on each question, one question at a time. The first
-    question is run once untimed first, so compilation is not counted."""
+    """Stage times of every condition on each question, one question at a time. Every question
+    is run once untimed first, so that no compilation (of any padded length these questions need)
+    is counted."""
     if len(questions) < 2:
         raise ValueError("latency needs at least 2 questions (one is another's mismatched source)")
-    time_question(setup, questions[0], questions[1])  # compile
     times: dict[str, list[Timing]] = {}
-    for i, q in enumerate(tqdm(questions, desc="latency", disable=not progress or None)):
-        for name, t in time_question(setup, q, questions[(i + 1) % len(questions)]).items():
-            times.setdefault(name, []).append(t)
+    pairs = [(q, questions[(i + 1) % len(questions)]) for i, q in enumerate(questions)]
+    for timed, (q, other) in tqdm(
+        [(False, p) for p in pairs] + [(True, p) for p in pairs], desc="latency", disable=not progress or None
+    ):
+        for name, t in time_question(setup, q, other).items():
+            if timed:
+                times.setdefault(name, []).append(t)
     return times
