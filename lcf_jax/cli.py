@@ -111,36 +111,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapter_dirs(checkpoint: str) -> tuple[str, str | None]:
-    """(LCF-X adapter directory, receiver-only control directory or None) from what the user gives:
-    an adapter directory, a `lcf train` work directory or a `lcf demo` work directory."""
-
-    from lcf_jax.adapters.io import CONFIG_FILE  # noqa: PLC0415
-    from lcf_jax.train.loop import ADAPTER_DIR  # noqa: PLC0415
-
-    root = Path(checkpoint)
-    for main, control in (
-        (root, None),
-        (root / ADAPTER_DIR, None),
-        (root / "lcfx" / ADAPTER_DIR, root / "receiver_only" / ADAPTER_DIR),
-    ):
-        if (main / CONFIG_FILE).exists():
-            has_control = control is not None and (control / CONFIG_FILE).exists()
-            return str(main), str(control) if has_control else None
-    raise FileNotFoundError(
-        f"no adapter under {root}: expected {CONFIG_FILE} there, in {root / ADAPTER_DIR} (a `lcf train` work "
-        f"directory) or in {root / 'lcfx' / ADAPTER_DIR} (a `lcf demo` work directory)"
-    )
-
-
-def _load_pair(config):
-    """The config's sharer and receiver, loaded once when they are the same model."""
-    from lcf_jax.train.loop import build_model  # noqa: PLC0415
-
-    sharer = build_model(config, "sharer")
-    return sharer, sharer if config.receiver == config.sharer else build_model(config, "receiver")
-
-
 def _eval(args: argparse.Namespace) -> int:
     _quiet_logs()
     from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
@@ -149,13 +119,15 @@ def _eval(args: argparse.Namespace) -> int:
     from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
     from lcf_jax.eval.conditions import Setup  # noqa: PLC0415
     from lcf_jax.eval.run import evaluate  # noqa: PLC0415
+    from lcf_jax.train.loop import build_models  # noqa: PLC0415
+    from lcf_jax.train.workdir import adapter_dirs  # noqa: PLC0415
 
     config = load_config(args.config)
     adapter = control = None
     if args.mcq:
         return _eval_mcq(args, config)
     if args.checkpoint:
-        main, control_dir = _adapter_dirs(args.checkpoint)
+        main, control_dir = adapter_dirs(args.checkpoint)
         adapter = load_adapter(main)
         if adapter.spec.kind != "lcfx":
             raise ValueError(
@@ -165,7 +137,7 @@ def _eval(args: argparse.Namespace) -> int:
         control = (
             load_adapter(control_dir or args.control, expect_kind="lcfx") if (control_dir or args.control) else None
         )
-    sharer, receiver = _load_pair(config)
+    sharer, receiver = build_models(config)
     if args.data:
         questions = list(read_questions(args.data))[: args.count or None]
         dataset = str(args.data)
@@ -204,17 +176,19 @@ def _eval_mcq(args: argparse.Namespace, config) -> int:
     from lcf_jax.data.mcq import read_mcq  # noqa: PLC0415
     from lcf_jax.data.tfds_builders import load_mcq  # noqa: PLC0415
     from lcf_jax.eval.mcq import mcq_summary, run_mcq  # noqa: PLC0415
+    from lcf_jax.train.loop import build_models  # noqa: PLC0415
+    from lcf_jax.train.workdir import adapter_dirs  # noqa: PLC0415
 
     source = Path(args.mcq)
     items = list(read_mcq(source)) if source.is_file() else load_mcq(source)
     items = items[: args.count or None]
     adapters = {}
     if args.checkpoint:
-        adapter = load_adapter(_adapter_dirs(args.checkpoint)[0])
+        adapter = load_adapter(adapter_dirs(args.checkpoint)[0])
         if adapter.spec.kind == "lcfx":
             raise ValueError("multiple choice is shared-context: use an lcf or c2c checkpoint (lcfx needs --data)")
         adapters[adapter.spec.kind] = adapter
-    sharer, receiver = _load_pair(config)
+    sharer, receiver = build_models(config)
     correct = run_mcq(sharer, receiver, items, adapters, progress=not args.no_progress)
     summary = mcq_summary(correct, reference="c2c" if "c2c" in correct else "receiver")
     workdir = Path(args.workdir)
@@ -239,6 +213,41 @@ def _demo(args: argparse.Namespace) -> int:
     if args.count is not None:
         config.eval.count = args.count
     demo(args.workdir, config=config, progress=not args.no_progress)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.export import export_adapter  # noqa: PLC0415
+
+    out = export_adapter(args.checkpoint, args.out, dtype=args.dtype, config=args.config)
+    print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with lcf_jax.torch.load_adapter({str(out)!r})")
+    return 0
+
+
+def _architecture(source: str, flag: str):
+    """What `adapters.build` accepts for a model: a preset name as given, or an HF directory's config."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from lcf_jax.models import preset_names  # noqa: PLC0415
+
+    if Path(source).is_dir():
+        from lcf_jax.loading.safetensors import read_hf_config  # noqa: PLC0415
+
+        return read_hf_config(Path(source))
+    if source.lower() not in preset_names():
+        raise ValueError(f"{flag} {source!r} is neither an HF directory nor a preset ({', '.join(preset_names())})")
+    return source
+
+
+def _import_c2c(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.adapters.io import save_adapter  # noqa: PLC0415
+    from lcf_jax.export.c2c_import import import_c2c  # noqa: PLC0415
+
+    adapter = import_c2c(args.c2c, _architecture(args.sharer, "--sharer"), _architecture(args.receiver, "--receiver"))
+    out = save_adapter(adapter, args.out)
+    print(f"imported the C2C fuser in {args.c2c} as {adapter.spec.describe()}; wrote {out}")
     return 0
 
 
@@ -329,6 +338,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=None, help="held-out questions (default: 300)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+
+    export = sub.add_parser(
+        "export",
+        help="export a trained adapter for PyTorch (lcf_jax.torch, transformers)",
+        description="Write a trained adapter as adapter.safetensors + adapter_config.json, which "
+        "lcf_jax.torch.load_adapter runs with transformers models and no JAX. --checkpoint is an adapter directory, "
+        "a `lcf train` work directory (its adapter/, or its newest Orbax checkpoint), a `lcf demo` work directory "
+        "(the LCF-X adapter) or an Orbax `checkpoints` folder.",
+    )
+    export.add_argument("--checkpoint", required=True, help="adapter directory, work directory or checkpoints folder")
+    export.add_argument("--out", required=True, help="the directory to write")
+    export.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="stored weight dtype (default: float32)"
+    )
+    export.add_argument(
+        "--config",
+        default=None,
+        help="the experiment config the run trained with (configs/NAME.py[:ARG]); only needed for the Orbax "
+        "checkpoint of a run that did not finish",
+    )
+    export.set_defaults(run=_export)
+
+    c2c = sub.add_parser(
+        "import-c2c",
+        help="import a released C2C fuser checkpoint as an lcf_jax c2c adapter",
+        description="Read a C2C (Cache-to-Cache) fuser checkpoint directory and save it as an lcf_jax adapter "
+        "directory (what `lcf eval --mcq` and `lcf export` read).",
+    )
+    c2c.add_argument("--c2c", required=True, help="the C2C checkpoint directory")
+    c2c.add_argument("--sharer", required=True, help="the sharer model: a preset name or an HF directory")
+    c2c.add_argument("--receiver", required=True, help="the receiver model: a preset name or an HF directory")
+    c2c.add_argument("--out", required=True, help="the adapter directory to write")
+    c2c.set_defaults(run=_import_c2c)
     return parser
 
 

@@ -54,3 +54,16 @@ def test_eval_and_demo_help_and_a_missing_checkpoint(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("lcf eval: error: no adapter under") and "lcf demo" in error
+
+
+def test_export_and_import_c2c_help_and_a_missing_checkpoint(tmp_path):
+    for command, flags in (
+        ("export", ("--checkpoint", "--out", "--dtype", "--config")),
+        ("import-c2c", ("--c2c", "--sharer", "--receiver", "--out")),
+    ):
+        out = run(command, "--help")
+        assert out.returncode == 0 and all(f in out.stdout for f in flags), command
+    result = run("export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("lcf export: error: nothing at") and "lcf train" in error

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lcf_jax.adapter_format import KINDS
 from lcf_jax.adapters.blocks import split_keys
 from lcf_jax.adapters.c2c import C2CProjector
 from lcf_jax.adapters.lcf import LCFProjector
@@ -23,8 +24,6 @@ from lcf_jax.kv import KVCache
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.layers import write_rows
 from lcf_jax.typing import Array
-
-KINDS = ("lcf", "lcfx", "c2c")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,12 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from lcf_jax.adapters.adapter import Adapter, AdapterSpec
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.loading.safetensors import SafetensorsReader
 from lcf_jax.models.config import ModelConfig, RopeScaling
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
-FORMAT_VERSION = 1
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -120,23 +119,32 @@ def load_adapter(directory: str | os.PathLike, *, expect_kind: str | None = None
     if not weights.exists():
         raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
     reader = SafetensorsReader([weights])
+    return adapter_from_tensors(spec, reader.shapes(), reader.read, f"adapter {directory}")
+
+
+def adapter_from_tensors(
+    spec: AdapterSpec, shapes: Mapping[str, tuple[int, ...]], read: Callable[[str], Any], source: str
+) -> Adapter:
+    """An adapter of `spec` filled with the named tensors `read(name)` (names as `flat_params` gives
+    them; parameters come back as float32), after checking `shapes` against the architecture `spec`
+    describes. `source` says where the tensors came from in errors."""
     abstract = nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0)))
     expected = {name: tuple(x.shape) for name, x in flat_params(abstract).items()}
-    found = reader.shapes()
+    found = {name: tuple(shape) for name, shape in shapes.items()}
     problems = [f"missing tensor {n!r}" for n in sorted(set(expected) - set(found))]
     problems += [f"unexpected tensor {n!r}" for n in sorted(set(found) - set(expected))]
     problems += [
         f"tensor {n!r} has shape {found[n]}, expected {expected[n]} for this {spec.kind} adapter"
         for n in sorted(set(found) & set(expected))
-        if tuple(found[n]) != expected[n]
+        if found[n] != expected[n]
     ]
     if problems:
-        raise CheckpointError(f"adapter {directory} does not match its config: {'; '.join(problems[:8])}")
+        raise CheckpointError(f"{source} does not match its config: {'; '.join(problems[:8])}")
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     filled = nnx.from_flat_state(
         [
-            (path, v.replace(jnp.asarray(reader.read(".".join(map(str, path))), jnp.float32)))
+            (path, v.replace(jnp.asarray(read(".".join(map(str, path))), jnp.float32)))
             if isinstance(v, nnx.Param)
             else (path, v)
             for path, v in flat

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,46 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def restore_params(directory: str | os.PathLike, step: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
+    """The adapter parameters of one checkpoint under `directory` (a `checkpoints` folder written by
+    `Checkpointer`) as flat names (`projectors.down.kernel`, as `save_adapter` names them) -> host
+    arrays, and its step. `step=None`: the newest readable one.
+
+    Needs neither the optimizer nor the topology that saved it: the restore target is built from
+    the checkpoint's own metadata, on one local device."""
+    directory = Path(directory).absolute()
+    # Not read_only (orbax warns about that on every use); create=False and no save: nothing is written.
+    options = ocp.CheckpointManagerOptions(create=False)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no Orbax checkpoint in {directory}: expected numbered step folders (`lcf train`)")
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(f"{directory} has no checkpoint of step {step}; it has steps {sorted(steps)}")
+            steps = [step]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        errors = []
+        for candidate in steps:
+            try:
+                metadata = manager.item_metadata(candidate)["state"]
+                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+                state = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+            except Exception as e:  # orbax raises many types for partial or damaged files
+                errors.append(f"step {candidate}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                log.warning("checkpoint at %s is unreadable (%s); trying an older one", directory, errors[-1])
+                continue
+            flat = {}
+            for path, value in jax.tree_util.tree_flatten_with_path(state["state"]["params"])[0]:
+                keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+                if keys[-1] == "value":  # an nnx Variable is saved as {"value": array}
+                    keys = keys[:-1]
+                flat[".".join(keys)] = np.asarray(jax.device_get(value))
+            return candidate, flat
+    raise CheckpointError(f"no readable checkpoint in {directory}: {'; '.join(errors)}")
 
 
 def abstract_like(state: TrainState, shardings: Any) -> TrainState:

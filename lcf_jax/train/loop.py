@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
-from lcf_jax.adapters import Adapter, make_spec
+from lcf_jax.adapters import Adapter, AdapterSpec, make_spec
 from lcf_jax.adapters.io import save_adapter
 from lcf_jax.data.chat import load_chat_examples
 from lcf_jax.data.examples import Example
@@ -33,9 +33,9 @@ from lcf_jax.sharding import describe, logical_spec, make_mesh, tree_shardings
 from lcf_jax.train.batch import Batch
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import StepConfig, TrainState, init_state, make_optimizer, make_train_step
+from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR
 
 log = logging.getLogger("lcf_jax.train")
-ADAPTER_DIR = "adapter"  # inside the work directory
 
 
 def build_model(config: ml_collections.ConfigDict, role: str) -> Model:
@@ -43,9 +43,39 @@ def build_model(config: ml_collections.ConfigDict, role: str) -> Model:
     source = config[role]
     if source == "random":
         return Model.random(
-            ModelConfig(**config[f"{role}_arch"]), dtype=config.model_dtype, seed=config.seed + 1 + (role == "receiver")
+            _random_arch(config, role), dtype=config.model_dtype, seed=config.seed + 1 + (role == "receiver")
         )
     return load_model(source, dtype=config.model_dtype)
+
+
+def _random_arch(config: ml_collections.ConfigDict, role: str) -> ModelConfig:
+    return ModelConfig(**config[f"{role}_arch"])
+
+
+def build_models(config: ml_collections.ConfigDict) -> tuple[Model, Model]:
+    """The config's sharer and receiver, loaded once when they are the same model (two "random"
+    models differ: each has its own architecture and seed)."""
+    sharer = build_model(config, "sharer")
+    same = config.receiver == config.sharer != "random"
+    return sharer, sharer if same else build_model(config, "receiver")
+
+
+def model_configs(config: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig]:
+    """Both models' architectures without building random models (a checkpoint is loaded for it)."""
+    if config.sharer == config.receiver == "random":
+        return _random_arch(config, "sharer"), _random_arch(config, "receiver")
+    sharer, receiver = build_models(config)
+    return sharer.config, receiver.config
+
+
+def adapter_spec(config: ml_collections.ConfigDict, sharer: ModelConfig, receiver: ModelConfig) -> AdapterSpec:
+    """The adapter the config trains (`config.adapter.kind` and `.options`) between two models."""
+    try:
+        return make_spec(config.adapter.kind, sharer, receiver, **dict(config.adapter.options))
+    except TypeError as e:  # an adapter.options key make_spec does not take
+        raise ValueError(
+            f"bad adapter.options in the config: {e}; see lcf_jax.adapters.build for the options"
+        ) from None
 
 
 def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: Model) -> list[Example]:
@@ -155,12 +185,7 @@ def train(
     devices = jax.devices()[: config.mesh.num_devices] if config.mesh.num_devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
     sharer, receiver = models or (build_model(config, "sharer"), build_model(config, "receiver"))
-    try:
-        spec = make_spec(config.adapter.kind, sharer.config, receiver.config, **dict(config.adapter.options))
-    except TypeError as e:  # an adapter.options key make_spec does not take
-        raise ValueError(
-            f"bad adapter.options in the config: {e}; see lcf_jax.adapters.build for the options"
-        ) from None
+    spec = adapter_spec(config, sharer.config, receiver.config)
     optimizer = make_optimizer(
         learning_rate=t.learning_rate,
         steps=t.steps,
@@ -189,7 +214,7 @@ def train(
         process_count=jax.process_count(),
     )
     checkpointer = Checkpointer(
-        workdir / "checkpoints",
+        workdir / CHECKPOINTS_DIR,
         every=config.checkpoint.every,
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,

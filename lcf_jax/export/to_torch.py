@@ -1,0 +1,168 @@
+"""`lcf export`: a trained adapter as the files `lcf_jax.torch` (PyTorch, no JAX) loads:
+`adapter.safetensors` (float32 or bfloat16) and `adapter_config.json` (`lcf_jax.adapters.io`).
+
+From an adapter directory, a `lcf train` work directory (its `adapter/`), a `lcf demo` work
+directory (its LCF-X adapter), or Orbax training checkpoints. A checkpoint holds parameters only,
+so the adapter's architecture comes from the run's `config.json`, which `lcf train` writes when it
+ends; for a run that did not end, pass the experiment config it was trained with (`config=`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import ml_collections
+
+from lcf_jax.adapters import Adapter, AdapterSpec
+from lcf_jax.adapters.io import adapter_from_tensors, load_adapter, save_adapter
+from lcf_jax.config import load_config
+from lcf_jax.train.checkpoint import restore_params
+from lcf_jax.train.loop import adapter_spec, model_configs
+from lcf_jax.train.workdir import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    DEMO_RUN,
+    OrbaxLocation,
+    adapter_dirs,
+    find_orbax,
+    newest_step,
+    trained_steps,
+)
+
+log = logging.getLogger(__name__)
+
+ConfigLike = AdapterSpec | ml_collections.ConfigDict | str | os.PathLike
+
+
+def _experiment_config(config: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:
+    """A ConfigDict, a `configs/NAME.py[:ARG]` file, or the `config.json` a `lcf train` run wrote."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return config
+    if str(config).endswith(".json"):
+        try:
+            return ml_collections.ConfigDict(json.loads(Path(config).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read the training config {config} ({type(e).__name__}: {e})") from None
+    return load_config(config)
+
+
+def spec_from_config(config: ConfigLike) -> AdapterSpec:
+    """The adapter a training config describes. Its shapes need both models' architectures: the
+    models the config names are loaded for them (random test models are not built)."""
+    if isinstance(config, AdapterSpec):
+        return config
+    config = _experiment_config(config)
+    return adapter_spec(config, *model_configs(config))
+
+
+def adapter_from_orbax(checkpoint_dir: str | os.PathLike, config: ConfigLike, *, step: int | None = None) -> Adapter:
+    """The adapter of an Orbax training checkpoint: `checkpoint_dir` is a `checkpoints` folder (the
+    newest readable step, or `step`) or one numbered step in it; `config` is its AdapterSpec or the
+    training config (ConfigDict, config file or `config.json`)."""
+    location = find_orbax(checkpoint_dir)
+    if location is None:
+        raise FileNotFoundError(
+            f"no Orbax checkpoint at {checkpoint_dir}: expected a `checkpoints` folder of `lcf train` (numbered step "
+            "folders) or one step folder in it"
+        )
+    spec = spec_from_config(config)
+    found_step, tensors = restore_params(location.checkpoints, step if step is not None else location.step)
+    adapter = adapter_from_tensors(
+        spec,
+        {name: t.shape for name, t in tensors.items()},
+        tensors.__getitem__,
+        f"the checkpoint of step {found_step} in {location.checkpoints}",
+    )
+    log.info("restored the %s adapter of step %d from %s", spec.kind, found_step, location.checkpoints)
+    return adapter
+
+
+def export_from_orbax(
+    checkpoint_dir: str | os.PathLike,
+    config: ConfigLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    step: int | None = None,
+) -> Path:
+    """Export the adapter of an Orbax training checkpoint (see `adapter_from_orbax`) into `out`."""
+    return save_adapter(adapter_from_orbax(checkpoint_dir, config, step=step), out, dtype=dtype)
+
+
+def _warn_if_stale(adapter_dir: Path) -> None:
+    """A `lcf train` run resumed with more steps and stopped early leaves newer checkpoints than its
+    `adapter/` (saved only when training ends): say so, since the export is of the older adapter."""
+    if adapter_dir.name != ADAPTER_DIR:
+        return
+    run = adapter_dir.parent
+    newest, trained = newest_step(run / CHECKPOINTS_DIR), trained_steps(run)
+    if newest is not None and trained is not None and newest > trained:
+        log.warning(
+            "%s is the adapter of step %d, but %s holds a newer checkpoint (step %d) from a run that did not "
+            "finish; exporting %s (export_from_orbax(%r, config, out) exports step %d)",
+            adapter_dir,
+            trained,
+            run / CHECKPOINTS_DIR,
+            newest,
+            adapter_dir,
+            str(run / CHECKPOINTS_DIR),
+            newest,
+        )
+
+
+def _orbax_config(location: OrbaxLocation, config: ConfigLike | None) -> ConfigLike:
+    if config is not None:
+        return config
+    saved = location.saved_config()
+    if saved is not None:
+        return saved
+    if location.is_demo_run:
+        from lcf_jax.demo import demo_config  # noqa: PLC0415 - the demo's models load only when needed
+
+        return demo_config()
+    raise ValueError(
+        f"{location.checkpoints} holds Orbax checkpoints but no adapter/ and no config.json (the training run did "
+        "not finish): the checkpoint stores parameters only, so pass the experiment config it was trained with "
+        "(`lcf export --config configs/NAME.py[:ARG]`, or config= in Python)"
+    )
+
+
+def export_adapter(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    config: ConfigLike | None = None,
+) -> Path:
+    """Write the adapter found at `checkpoint` into `out` for `lcf_jax.torch.load_adapter`; returns
+    `out`. `checkpoint`: an adapter directory, a `lcf train` work directory (its adapter/, or else its
+    newest Orbax checkpoint), a `lcf demo` work directory (the LCF-X adapter) or Orbax checkpoints.
+    `dtype`: "float32" (exact) or "bfloat16" (half the size). `config`: the training config, needed
+    only for a checkpoint of a run that did not finish (see `export_from_orbax`)."""
+    root = Path(checkpoint)
+    if not root.exists():
+        raise FileNotFoundError(
+            f"nothing at {root}: give an adapter directory, a `lcf train` or `lcf demo` work directory, or a "
+            "`checkpoints` folder"
+        )
+    try:
+        source, _ = adapter_dirs(root)
+    except FileNotFoundError:
+        source = None
+    if source is not None:
+        if Path(out).resolve() == source.resolve():
+            raise ValueError(f"--out {out} is the adapter directory being exported: choose another directory")
+        _warn_if_stale(source)
+        return save_adapter(load_adapter(source), out, dtype=dtype)
+    location = find_orbax(root)
+    if location is None:
+        raise FileNotFoundError(
+            f"no adapter under {root}: expected adapter_config.json there, in {root / ADAPTER_DIR} (a `lcf train` "
+            f"work directory), in {root / DEMO_RUN / ADAPTER_DIR} (a `lcf demo` work directory), or Orbax "
+            f"checkpoints in {root / CHECKPOINTS_DIR}"
+        )
+    config = _orbax_config(location, config)
+    return export_from_orbax(location.checkpoints, config, out, dtype=dtype, step=location.step)

@@ -1,0 +1,33 @@
+"""Exported lcf_jax adapters in PyTorch, with transformers models: no JAX needed.
+
+    from lcf_jax.torch import load_adapter, generate
+    adapter = load_adapter("exported/")            # written by `lcf export`
+    answers = generate(sharer, receiver, tokenizer, prompts, adapter=adapter, sharer_contexts=spans)
+
+Lower level: `fuse` (lcf, c2c), `summarize` and `receive` (lcfx) rewrite `transformers.DynamicCache`
+objects. This package imports torch, transformers and safetensors only, never JAX.
+"""
+
+from __future__ import annotations
+
+from lcf_jax.torch.adapter import Adapter, AdapterConfig, AdapterFormatError, Message, ModelShape
+from lcf_jax.torch.cache import fuse, layer_tensors, receive, span_ids_from_lengths, summarize
+from lcf_jax.torch.generate import generate, stop_token_ids
+from lcf_jax.torch.load import load_adapter, read_config
+
+__all__ = [
+    "Adapter",
+    "AdapterConfig",
+    "AdapterFormatError",
+    "Message",
+    "ModelShape",
+    "fuse",
+    "generate",
+    "layer_tensors",
+    "load_adapter",
+    "read_config",
+    "receive",
+    "span_ids_from_lengths",
+    "stop_token_ids",
+    "summarize",
+]

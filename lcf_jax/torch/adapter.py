@@ -1,0 +1,234 @@
+"""An exported adapter in PyTorch: its configuration (read from `adapter_config.json`, validated)
+and the module that computes residuals and messages from stacked cache tensors `[N, B, S, K, H]`.
+
+`lcf_jax.torch.cache` applies it to transformers' cache objects; `lcf_jax.torch.load` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from lcf_jax.adapter_format import CONFIG_FILE, KINDS
+from lcf_jax.torch.modules import ACTIVATIONS, C2CProjector, LCFProjector, SpanPool
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+class AdapterFormatError(ValueError):
+    """An export that cannot be used: a bad config, a missing or misshapen tensor, or an adapter
+    built for other models."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    """What an adapter needs to know of a model: the shape of its KV cache."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def describe(self) -> str:
+        return f"L={self.num_layers} layers, K={self.num_kv_heads} kv heads, H={self.head_dim} head dim"
+
+    @classmethod
+    def of(cls, model: Any) -> ModelShape:
+        """The cache shape of a transformers model or config (PreTrainedModel or PretrainedConfig)."""
+        config = getattr(model, "config", model)
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config(decoder=True)
+        try:
+            heads = config.num_attention_heads
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+            kv_heads = getattr(config, "num_key_value_heads", None) or heads
+            return cls(int(config.num_hidden_layers), int(kv_heads), int(head_dim))
+        except AttributeError as e:
+            raise TypeError(f"expected a transformers model or config, got {type(model).__name__} ({e})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """The `adapter` section of `adapter_config.json`, reduced to what inference needs."""
+
+    kind: str
+    sharer: ModelShape
+    receiver: ModelShape
+    layers: tuple[int, ...]  # receiver layers with a projector, ascending
+    source_layers: tuple[int, ...]  # the sharer layer each of them reads
+    latent_width: int
+    hidden_width: int
+    activation: str
+    message_slots: int
+    message_injection: str
+    receiver_conditioned: bool
+    compute_dtype: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = CONFIG_FILE) -> AdapterConfig:
+        def field(name: str):
+            if name not in data:
+                raise AdapterFormatError(f"{where} has no adapter field {name!r}: re-export it with `lcf export`")
+            return data[name]
+
+        def shape(role: str) -> ModelShape:
+            model = field(role)
+            try:
+                return ModelShape(int(model["num_layers"]), int(model["num_kv_heads"]), int(model["head_dim"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise AdapterFormatError(f"{where}: the {role} architecture is incomplete ({e!r})") from None
+
+        kind = field("kind")
+        if kind not in KINDS:
+            raise AdapterFormatError(f"{where}: unknown adapter kind {kind!r}; lcf_jax.torch runs {', '.join(KINDS)}")
+        try:
+            config = cls(
+                kind=kind,
+                sharer=shape("sharer"),
+                receiver=shape("receiver"),
+                layers=tuple(int(t) for t in field("layers")),
+                source_layers=tuple(int(t) for t in field("source_layers")),
+                latent_width=int(field("latent_width")),
+                hidden_width=int(field("hidden_width")),
+                activation=field("activation"),
+                message_slots=int(data.get("message_slots", 1)),
+                message_injection=data.get("message_injection", "broadcast"),
+                receiver_conditioned=bool(data.get("receiver_conditioned", False)),
+                compute_dtype=data.get("compute_dtype", "float32"),
+            )
+        except AdapterFormatError:
+            raise
+        except (TypeError, ValueError) as e:  # e.g. "layers": 3, or "latent_width": "wide"
+            raise AdapterFormatError(f"{where}: a malformed adapter field ({e}); re-export with `lcf export`") from None
+        config._check(where)
+        return config
+
+    def _check(self, where: str) -> None:
+        problems = []
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            problems.append(f"layers {list(self.layers)} are not ascending and unique")
+        if any(not 0 <= t < self.receiver.num_layers for t in self.layers):
+            problems.append(f"layers {list(self.layers)} are not all receiver layers 0..{self.receiver.num_layers - 1}")
+        if len(self.source_layers) != len(self.layers):
+            problems.append(f"{len(self.source_layers)} source_layers for {len(self.layers)} layers")
+        if any(not 0 <= t < self.sharer.num_layers for t in self.source_layers):
+            problems.append(
+                f"source_layers {list(self.source_layers)} are not all sharer layers 0..{self.sharer.num_layers - 1}"
+            )
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"unknown activation {self.activation!r} (known: {sorted(ACTIVATIONS)})")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            problems.append(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+        if self.message_injection not in ("broadcast", "prefix"):
+            problems.append(f"unknown message_injection {self.message_injection!r}")
+        if problems:
+            raise AdapterFormatError(f"{where} is not a valid adapter config: {'; '.join(problems)}")
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} adapter on {len(self.layers)} of {self.receiver.num_layers} receiver layers; "
+            f"sharer {self.sharer.describe()}; receiver {self.receiver.describe()}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """What an LCF-X sharer sends: per adapter layer, M summary slots of sharer keys and values,
+    `k, v` `[N, B, M, K_S, H_S]` (as lcf_jax.adapters.Message)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire: the message is all the receiver gets from the sharer."""
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+    def zeros_like(self) -> Message:
+        """The empty message (a control: the receiver gets nothing)."""
+        return Message(torch.zeros_like(self.k), torch.zeros_like(self.v))
+
+
+class Adapter(nn.Module):
+    """One exported adapter: `projectors` (LCF or C2C, stacked over the kept layers) and, for lcfx,
+    the span `pool`. Parameter names and shapes are the export's tensor names and shapes."""
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        self.config = config
+        n, s, r = len(config.layers), config.sharer, config.receiver
+        common = dict(activation=config.activation, round_to=config.compute_dtype)
+        if config.kind == "c2c":
+            self.projectors = C2CProjector(
+                n, s.kv_width, r.num_kv_heads, r.head_dim, hidden=config.hidden_width, **common
+            )
+        else:
+            self.projectors = LCFProjector(
+                n, s.kv_width, r.num_kv_heads, r.head_dim, latent_width=config.latent_width, **common
+            )
+        if config.kind == "lcfx":
+            self.pool = SpanPool(
+                n,
+                s.num_kv_heads,
+                s.head_dim,
+                slots=config.message_slots,
+                receiver_width=r.kv_width if config.receiver_conditioned else None,
+            )
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def extra_repr(self) -> str:
+        return self.config.describe()
+
+    def check_models(self, sharer: Any, receiver: Any) -> None:
+        """Raise a clear error unless the transformers models (or configs) `sharer` and `receiver`
+        have the cache shapes this adapter was built for."""
+        for role, model, want in (("sharer", sharer, self.config.sharer), ("receiver", receiver, self.config.receiver)):
+            got = ModelShape.of(model)
+            if got != want:
+                raise AdapterFormatError(
+                    f"the {role} model has {got.describe()}, but this {self.kind} adapter was built for a {role} "
+                    f"with {want.describe()}: use an adapter trained and exported for this model pair"
+                )
+
+    def gates(self) -> torch.Tensor:
+        """`[N, 2]` bool: each kept layer's hard key and value gates (open where the logit is > 0)."""
+        p = self.projectors
+        if self.kind == "c2c":
+            return torch.stack([p.key_gate_logit > 0, p.value_gate_logit > 0], dim=-1)
+        return torch.stack([p.k_gate_logit > 0, p.v_gate_logit > 0], dim=-1)
+
+    @torch.no_grad()
+    def residuals(self, sk, sv, rk, rv) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals `[N, B, S, K_R, H_R]` for the receiver's keys and values from sharer entries
+        `[N, B, S, K_S, H_S]` (position-matched, or S = 1: one summary for every position) and the
+        receiver's own entries, computed in the adapter's dtype (float32 unless loaded otherwise)."""
+        return self.projectors(*(x.to(self.dtype) for x in (sk, sv, rk, rv)))
+
+    @torch.no_grad()
+    def pool_message(self, sk, sv, span_ids, num_spans: int, receiver_k=None, receiver_mask=None) -> Message:
+        """The message from the sharer's entries of the source layers `[N, B, S, K_S, H_S]` and each
+        token's span `span_ids` `[B, S]` (-1: not pooled)."""
+        if self.kind != "lcfx":
+            raise ValueError(f"only an lcfx adapter summarises a sharer's context; this one is {self.kind!r}")
+        if receiver_k is not None:
+            receiver_k = receiver_k.to(self.dtype)
+        k, v = self.pool(sk.to(self.dtype), sv.to(self.dtype), span_ids, num_spans, receiver_k, receiver_mask)
+        return Message(k, v)

@@ -1,0 +1,108 @@
+"""`load_adapter`: read an `lcf export` directory (`adapter.safetensors` + `adapter_config.json`) into
+a PyTorch `Adapter`, checking everything before any tensor is used.
+
+Weights are read with `safetensors.torch` (never pickle). Every problem is named: a missing or
+corrupt file, an unknown kind, a missing, unexpected or misshapen tensor, or (given the models) an
+adapter built for another model pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from lcf_jax.torch.adapter import Adapter, AdapterConfig, AdapterFormatError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed `adapter_config.json` of an export, with its `adapter` section as an
+    `AdapterConfig` under `"config"`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no adapter directory at {directory}: export one with `lcf export --out DIR`")
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{directory} has no {CONFIG_FILE}: not an lcf_jax adapter export (make one with `lcf export`)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFormatError(f"{path} is not valid JSON ({e}): re-export the adapter with `lcf export`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("adapter"), dict):
+        raise AdapterFormatError(f"{path} has no 'adapter' section: re-export the adapter with `lcf export`")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise AdapterFormatError(
+            f"{path} has format_version {version!r}; this lcf_jax.torch reads versions up to {FORMAT_VERSION}: "
+            "upgrade lcf_jax"
+        )
+    data["config"] = AdapterConfig.from_json(data["adapter"], where=str(path))
+    return data
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterFormatError(f"{path} is not a readable safetensors file ({e}): re-export the adapter") from None
+
+
+def load_adapter(
+    directory: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    *,
+    expect_kind: str | None = None,
+    sharer: Any = None,
+    receiver: Any = None,
+) -> Adapter:
+    """The exported adapter in `directory`, ready for inference (`eval()`, no gradients).
+
+    dtype: the parameters' dtype. None gives float32, what lcf_jax computes in whatever the stored
+    dtype (a bfloat16 export is widened); `torch.bfloat16` keeps bf16 parameters and arithmetic.
+    expect_kind: "lcf", "lcfx" or "c2c" to refuse any other kind. sharer, receiver: transformers
+    models (or configs) to check the adapter against (layers, kv heads, head dim)."""
+    directory = Path(directory)
+    config: AdapterConfig = read_config(directory)["config"]
+    if expect_kind is not None and config.kind != expect_kind:
+        raise AdapterFormatError(f"{directory} holds a {config.kind!r} adapter, expected {expect_kind!r}")
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch dtype, got {dtype!r}")
+        dtype = _DTYPES[dtype]
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise AdapterFormatError(f"{directory} has no {WEIGHTS_FILE}: the export is incomplete, run `lcf export` again")
+    tensors = _read_tensors(weights)
+    with torch.device("meta"):  # the architecture the config describes, without memory
+        adapter = Adapter(config)
+    expected = {name: tuple(p.shape) for name, p in adapter.named_parameters()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    problems = [f"missing tensor {n!r}" for n in sorted(set(expected) - set(found))]
+    problems += [f"unexpected tensor {n!r}" for n in sorted(set(found) - set(expected))]
+    problems += [
+        f"tensor {n!r} has shape {found[n]}, expected {expected[n]} for this {config.kind} adapter"
+        for n in sorted(set(found) & set(expected))
+        if found[n] != expected[n]
+    ]
+    if problems:
+        raise AdapterFormatError(f"adapter {directory} does not match its config: {'; '.join(problems[:8])}")
+    dtype = dtype or torch.float32
+    adapter.load_state_dict({n: t.to(device=device, dtype=dtype) for n, t in tensors.items()}, assign=True)
+    for p in adapter.parameters():
+        p.requires_grad_(False)
+    if sharer is not None or receiver is not None:
+        if sharer is None or receiver is None:
+            raise ValueError("pass both sharer= and receiver= to check the adapter against a model pair")
+        adapter.check_models(sharer, receiver)
+    return adapter.eval()

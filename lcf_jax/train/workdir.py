@@ -1,0 +1,94 @@
+"""What `lcf train` and `lcf demo` leave in a work directory, and where a trained adapter lives in
+what the user points at: an adapter directory, a `lcf train` or `lcf demo` work directory, or Orbax
+checkpoints (a `checkpoints` folder or one numbered step in it).
+
+    adapter directory    adapter_config.json + adapter.safetensors
+    lcf train workdir    adapter/ (written when training ends), checkpoints/<step>/, config.json, summary.json
+    lcf demo workdir     lcfx/ and receiver_only/, each a `lcf train` work directory
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from lcf_jax.adapter_format import CONFIG_FILE
+
+ADAPTER_DIR = "adapter"  # the trained adapter, saved when training ends
+CHECKPOINTS_DIR = "checkpoints"  # Orbax checkpoints, one numbered folder per saved step
+DEMO_RUN, DEMO_CONTROL = "lcfx", "receiver_only"  # a `lcf demo` work directory's two runs
+
+
+def adapter_dirs(checkpoint: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(adapter directory, receiver-only control directory or None) from an adapter directory, a
+    `lcf train` work directory or a `lcf demo` work directory."""
+    root = Path(checkpoint)
+    for main, control in (
+        (root, None),
+        (root / ADAPTER_DIR, None),
+        (root / DEMO_RUN / ADAPTER_DIR, root / DEMO_CONTROL / ADAPTER_DIR),
+    ):
+        if (main / CONFIG_FILE).exists():
+            has_control = control is not None and (control / CONFIG_FILE).exists()
+            return main, control if has_control else None
+    raise FileNotFoundError(
+        f"no adapter under {root}: expected {CONFIG_FILE} there, in {root / ADAPTER_DIR} (a `lcf train` work "
+        f"directory) or in {root / DEMO_RUN / ADAPTER_DIR} (a `lcf demo` work directory)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OrbaxLocation:
+    """Orbax checkpoints found under a path: the `checkpoints` folder, the step asked for (None:
+    the newest), and the run's work directory if it is one (it may hold `config.json`)."""
+
+    checkpoints: Path
+    step: int | None
+    run: Path | None
+
+    @property
+    def is_demo_run(self) -> bool:
+        return self.run is not None and self.run.name == DEMO_RUN
+
+    def saved_config(self) -> Path | None:
+        """The run's `config.json` (written when `lcf train` ends), if there is one."""
+        path = None if self.run is None else self.run / "config.json"
+        return path if path is not None and path.exists() else None
+
+
+def _is_step(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit() and (path / "state").is_dir()
+
+
+def _has_steps(path: Path) -> bool:
+    return path.is_dir() and any(_is_step(p) for p in path.iterdir())
+
+
+def find_orbax(checkpoint: str | os.PathLike) -> OrbaxLocation | None:
+    """The Orbax checkpoints under `checkpoint`, or None when there are none."""
+    root = Path(checkpoint)
+    if _is_step(root):
+        run = root.parent.parent if root.parent.name == CHECKPOINTS_DIR else None
+        return OrbaxLocation(root.parent, int(root.name), run)
+    if _has_steps(root):
+        return OrbaxLocation(root, None, root.parent if root.name == CHECKPOINTS_DIR else None)
+    for run in (root, root / DEMO_RUN):
+        if _has_steps(run / CHECKPOINTS_DIR):
+            return OrbaxLocation(run / CHECKPOINTS_DIR, None, run)
+    return None
+
+
+def newest_step(checkpoints: Path) -> int | None:
+    steps = [int(p.name) for p in checkpoints.iterdir() if _is_step(p)] if checkpoints.is_dir() else []
+    return max(steps, default=None)
+
+
+def trained_steps(run: Path) -> int | None:
+    """The step count `lcf train` reported when it last finished in `run` (its adapter's step)."""
+    path = run / "summary.json"
+    try:
+        return int(json.loads(path.read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
