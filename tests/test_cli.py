@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
+
+from lcf_jax.cli import build_parser, main
 
 LCF = [sys.executable, "-m", "lcf_jax.cli"]
 
@@ -67,3 +70,29 @@ def test_export_and_import_c2c_help_and_a_missing_checkpoint(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("lcf export: error: nothing at") and "lcf train" in error
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    """Every `lcf` subcommand's parser, found from the parser itself (new subcommands are covered)."""
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_subcommands()))
+def test_every_subcommand_help_is_complete(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    parser = _subcommands()[command]
+    assert parser.description and len(parser.description.split()) >= 15, "a one-paragraph description"
+    for action in parser._actions:
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help and action.help.strip(), f"lcf {command} {name} has no help"
+        takes_value = action.nargs != 0 and not isinstance(action, argparse._HelpAction)
+        if takes_value and not action.required:
+            assert "default" in action.help, f"lcf {command} {name}: the help does not state its default"
+    examples = [line.strip() for line in (parser.epilog or "").splitlines()]
+    assert any(line.startswith(f"lcf {command} ") or line == f"lcf {command}" for line in examples)
+    assert f"lcf {command}" in shown.split("examples:")[-1], "the examples are printed with their line breaks"
