@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, tensor_problems
 from lcf_jax.adapters.adapter import Adapter, AdapterSpec
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.loading.safetensors import SafetensorsReader
@@ -131,13 +131,7 @@ def adapter_from_tensors(
     abstract = nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0)))
     expected = {name: tuple(x.shape) for name, x in flat_params(abstract).items()}
     found = {name: tuple(shape) for name, shape in shapes.items()}
-    problems = [f"missing tensor {n!r}" for n in sorted(set(expected) - set(found))]
-    problems += [f"unexpected tensor {n!r}" for n in sorted(set(found) - set(expected))]
-    problems += [
-        f"tensor {n!r} has shape {found[n]}, expected {expected[n]} for this {spec.kind} adapter"
-        for n in sorted(set(found) & set(expected))
-        if found[n] != expected[n]
-    ]
+    problems = tensor_problems(expected, found, f" for this {spec.kind} adapter")
     if problems:
         raise CheckpointError(f"{source} does not match its config: {'; '.join(problems[:8])}")
     graphdef, state = nnx.split(abstract)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lcf_jax.adapter_format import tensor_problems
 from lcf_jax.adapters.adapter import Adapter
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.adapters.build import _config as model_config
@@ -226,13 +227,7 @@ def _projector_arrays(
     state = _load_state_dict(path)
     wanted = {ref: (tuple(reversed(expected[ours])) if t else expected[ours]) for ours, (ref, t) in names.items()}
     found = {k: tuple(v.shape) for k, v in state.items() if k not in IGNORED_TENSORS}
-    problems = [f"missing tensor {n!r} (expected shape {wanted[n]})" for n in sorted(set(wanted) - set(found))]
-    problems += [f"unexpected tensor {n!r} of shape {found[n]}" for n in sorted(set(found) - set(wanted))]
-    problems += [
-        f"tensor {n!r} has shape {found[n]}, expected {wanted[n]}"
-        for n in sorted(set(found) & set(wanted))
-        if found[n] != wanted[n]
-    ]
+    problems = tensor_problems(wanted, found)
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
         raise CheckpointError(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, tensor_problems
 from lcf_jax.torch.adapter import Adapter, AdapterConfig, AdapterFormatError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -88,13 +88,7 @@ def load_adapter(
         adapter = Adapter(config)
     expected = {name: tuple(p.shape) for name, p in adapter.named_parameters()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
-    problems = [f"missing tensor {n!r}" for n in sorted(set(expected) - set(found))]
-    problems += [f"unexpected tensor {n!r}" for n in sorted(set(found) - set(expected))]
-    problems += [
-        f"tensor {n!r} has shape {found[n]}, expected {expected[n]} for this {config.kind} adapter"
-        for n in sorted(set(found) & set(expected))
-        if found[n] != expected[n]
-    ]
+    problems = tensor_problems(expected, found, f" for this {config.kind} adapter")
     if problems:
         raise AdapterFormatError(f"adapter {directory} does not match its config: {'; '.join(problems[:8])}")
     dtype = dtype or torch.float32
