@@ -465,11 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
         help="the main job: train LCF-X on SmolLM2-135M and compare it with text communication",
         description="The main job. Train the LCF-X adapter and its receiver-only control (the same adapter "
-        "trained with empty messages) on generated split-context questions, with SmolLM2-135M-Instruct as "
-        "sharer and receiver on this machine, then evaluate every condition of `lcf eval` on held-out questions "
-        "and print the table. Into --workdir it writes lcfx/ and receiver_only/ (each a `lcf train` work "
-        "directory) and results.json, results.md, f1_vs_ttft.png and answers.jsonl. A second run with the same "
-        "--workdir reuses the trained adapters (an interrupted training resumes).",
+        "trained with empty messages, in the same steps) on generated split-context questions, with "
+        "SmolLM2-135M-Instruct as sharer and receiver on this machine, then evaluate every condition of `lcf eval` "
+        "on held-out questions and print the table. Into --workdir it writes lcfx/ (a `lcf train` work directory: "
+        "adapter/, control_adapter/, checkpoints/) and results.json, results.md, f1_vs_ttft.png and answers.jsonl. "
+        "A second run with the same --workdir reuses the trained adapters (an interrupted training resumes).",
         epilog=_examples(
             "lcf demo",
             "lcf demo --workdir /tmp/demo --no-progress",

@@ -2,15 +2,16 @@
 
 SmolLM2-135M-Instruct (installed offline from PyPI) is both sharer and receiver. On generated
 split-context questions (`lcf_jax.data.split_qa`) the demo trains the LCF-X adapter and the
-receiver-only control (the same adapter trained with zero messages) on this machine's CPU, then
-evaluates every condition of `lcf_jax.eval.conditions` on held-out questions and writes
-results.json, results.md, f1_vs_ttft.png and answers.jsonl into the work directory. A second run
+receiver-only control (the same adapter trained with zero messages, in the same steps) on this
+machine's CPU, then evaluates every condition of `lcf_jax.eval.conditions` on held-out questions and
+writes results.json, results.md, f1_vs_ttft.png and answers.jsonl into the work directory. A second run
 with the same work directory reuses the trained adapters (and an interrupted training resumes).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,10 @@ from lcf_jax.eval.report import ConditionResult
 from lcf_jax.eval.run import evaluate
 from lcf_jax.models.model import Model
 from lcf_jax.train.defaults import base_config
-from lcf_jax.train.loop import ADAPTER_DIR, train
+from lcf_jax.train.loop import train
+from lcf_jax.train.workdir import ADAPTER_DIR, DEMO_CONTROL, DEMO_RUN, adapter_dirs
 
 MODEL = "smollm2-135m"
-RUNS = {"lcfx": False, "receiver_only": True}  # run directory -> trained with zero messages
 
 
 def demo_config() -> ml_collections.ConfigDict:
@@ -38,6 +39,8 @@ def demo_config() -> ml_collections.ConfigDict:
     config.adapter.kind = "lcfx"
     config.adapter.options = ml_collections.ConfigDict(dict(latent_width=64, dropout=0.0))
     config.adapter.num_spans = 8  # 5 paragraphs per sharer
+    # The receiver-only control trains in the same steps (one receiver prefix pass serves both).
+    config.adapter.with_control = True
     config.data.kind = "split_qa"
     config.data.count = 960
     config.data.variant = "single_hop"  # calibrated: see lcf_jax/data/split_qa.py
@@ -62,20 +65,27 @@ def demo_config() -> ml_collections.ConfigDict:
 
 def train_runs(
     config: ml_collections.ConfigDict, workdir: Path, models: tuple[Model, Model], progress: bool
-) -> dict[str, Path]:
-    """Train (or reuse) the LCF-X adapter and the receiver-only control; their adapter directories."""
-    out = {}
-    for name, receiver_only in RUNS.items():
-        run_dir = workdir / name
-        if not (run_dir / ADAPTER_DIR / "adapter_config.json").exists():
-            run_config = ml_collections.ConfigDict(config.to_dict())
-            run_config.adapter.receiver_only = receiver_only
-            print(f"training {name} adapter in {run_dir}", file=sys.stderr, flush=True)
-            train(run_config, run_dir, progress=progress, models=models)
-        else:
-            print(f"reusing the {name} adapter in {run_dir / ADAPTER_DIR}", file=sys.stderr, flush=True)
-        out[name] = run_dir / ADAPTER_DIR
-    return out
+) -> tuple[Path, Path]:
+    """Train (or reuse) the LCF-X adapter and its receiver-only control: their adapter directories."""
+    run_dir = workdir / DEMO_RUN
+    try:
+        adapter, control = adapter_dirs(workdir)
+    except FileNotFoundError:
+        adapter = control = None
+    if adapter is None:
+        print(f"training the lcfx adapter and its receiver-only control in {run_dir}", file=sys.stderr, flush=True)
+        train(config, run_dir, progress=progress, models=models)
+        return adapter_dirs(workdir)
+    print(f"reusing the lcfx adapter in {adapter}", file=sys.stderr, flush=True)
+    if control is None:  # a run trained without its control: train the control on its own
+        control_config = ml_collections.ConfigDict(config.to_dict())
+        control_config.adapter.with_control, control_config.adapter.receiver_only = False, True
+        print(f"training the receiver-only control in {workdir / DEMO_CONTROL}", file=sys.stderr, flush=True)
+        train(control_config, workdir / DEMO_CONTROL, progress=progress, models=models)
+        control = workdir / DEMO_CONTROL / ADAPTER_DIR
+    else:
+        print(f"reusing the receiver-only control in {control}", file=sys.stderr, flush=True)
+    return adapter, control
 
 
 def demo(
@@ -94,13 +104,15 @@ def demo(
 
         model = load_model(config.receiver, dtype=config.model_dtype)
         models = (model, model)
-    adapters = train_runs(config, workdir, models, progress)
+    start = time.perf_counter()
+    adapter_dir, control_dir = train_runs(config, workdir, models, progress)
+    training_s = time.perf_counter() - start  # ~0 when a previous run's adapters are reused
     e = config.eval
     questions = generate_questions("test", e.count, seed=e.seed, variant=config.data.variant)
     setup = Setup(
         *models,
-        adapter=load_adapter(adapters["lcfx"]),
-        control=load_adapter(adapters["receiver_only"]),
+        adapter=load_adapter(adapter_dir),
+        control=load_adapter(control_dir),
         sharer_sees_question=config.data.sharer_sees_question,
         batch_size=e.batch_size,
         budgets=tuple(e.budgets),
@@ -109,6 +121,7 @@ def demo(
         "dataset": f"split_qa test ({config.data.variant}), seed {e.seed}",
         "train": {k: config.train[k] for k in ("steps", "batch_size", "learning_rate")}
         | {"examples": config.data.count, "latent_width": config.adapter.options.latent_width},
+        "wall_s": {"training": training_s},
     }
     results = evaluate(setup, questions, workdir, latency_questions=e.latency_questions, meta=meta, progress=progress)
     print((workdir / "results.md").read_text(), flush=True)  # the table and the stage times

@@ -40,11 +40,12 @@ def test_demo_trains_reuses_and_reports(tmp_path, capsys):
     assert data["conditions"]["lcfx"]["message_bytes"] > 0
     assert (tmp_path / "f1_vs_ttft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 4
-    for run in ("lcfx", "receiver_only"):
-        assert (tmp_path / run / "adapter" / "adapter.safetensors").exists()
+    for adapter in ("adapter", "control_adapter"):
+        assert (tmp_path / "lcfx" / adapter / "adapter.safetensors").exists()
     assert "| lcfx |" in capsys.readouterr().out
     # A second run reuses both adapters instead of training again.
     before = (tmp_path / "lcfx" / "adapter" / "adapter.safetensors").stat().st_mtime_ns
     demo(tmp_path, config=tiny_demo_config(), models=models, progress=False)
     assert (tmp_path / "lcfx" / "adapter" / "adapter.safetensors").stat().st_mtime_ns == before
-    assert "reusing the lcfx adapter" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "reusing the lcfx adapter" in err and "reusing the receiver-only control" in err

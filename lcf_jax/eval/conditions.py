@@ -163,6 +163,7 @@ class Answers:
     by_condition: dict[str, list[str]]
     messages: list[list[int]]
     latent_bytes: int | None
+    wall_s: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per part of the run
 
     def message_bytes(self, setup: Setup, name: str) -> int | None:
         """Mean bytes one question's message takes on the wire (UTF-8 text, or the latent arrays)."""
@@ -180,17 +181,28 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
     if len(questions) < 2 and setup.adapter is not None:
         raise ValueError("the mismatched-message control needs at least 2 questions")
     r, budgets, n_tok = setup.receiver, tuple(sorted(setup.budgets)), setup.max_answer_tokens
+    wall, start_time = {}, time.perf_counter()
     texts = sharer_messages(setup, questions, progress) if budgets else [[] for _ in questions]
+    wall["sharer_writes"], start_time = time.perf_counter() - start_time, time.perf_counter()
     # A receiver-conditioned pool reads the receiver's cache too: its messages are made per batch.
     conditioned = setup.adapter is not None and setup.adapter.spec.receiver_conditioned
     messages = latent_messages(setup, questions, progress) if setup.adapter is not None and not conditioned else None
-    answers: dict[str, list[str]] = {name: [] for name in setup.conditions()}
+    wall["sharer_summarises"], start_time = time.perf_counter() - start_time, time.perf_counter()
+    answers: dict[str, list[str]] = {name: [""] * len(questions) for name in setup.conditions()}
+
+    def put(name: str, values: Sequence[str]) -> None:  # the current batch's answers, by question
+        for i, value in zip(index, values):
+            answers[name][i] = value
+
+    # Batches of questions whose text messages are about as long: a batch's text prompts pad to its
+    # longest message, so mixing 20- and 200-token messages would prefill mostly padding.
+    order = sorted(range(len(questions)), key=lambda i: len(texts[i]))
     bar = tqdm(total=len(questions), desc="receiver answers", disable=not progress or None)
     for start in range(0, len(questions), setup.batch_size):
-        index = list(range(start, min(start + setup.batch_size, len(questions))))
+        index = order[start : start + setup.batch_size]
         chunk = [questions[i] for i in index]
         if "question_only" in answers:  # the receiver alone, with nothing but the question
-            answers["question_only"] += _answers(r, None, [receiver_prompt(r, q, []) for q in chunk], n_tok)
+            put("question_only", _answers(r, None, [receiver_prompt(r, q, []) for q in chunk], n_tok))
         half = [receiver_prompt(r, q, q.receiver_context) for q in chunk]
         # The full context lists the receiver's paragraphs first, so it shares their prefill too.
         full = [receiver_prompt(r, q, full_paragraphs(q)) for q in chunk] if "full_context" in answers else None
@@ -212,10 +224,10 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
         # half_context and the latent conditions: the cache of the half prompt minus its last token.
         half_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(half, base_len)])
         lasts = [p[-1:] for p in half]
-        answers["half_context"] += _answers(r, half_cache, lasts, n_tok)
+        put("half_context", _answers(r, half_cache, lasts, n_tok))
         if full:
             full_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(full, base_len)])
-            answers["full_context"] += _answers(r, full_cache, [p[-1:] for p in full], n_tok)
+            put("full_context", _answers(r, full_cache, [p[-1:] for p in full], n_tok))
         if setup.adapter is not None:
             others = [(i + 1) % len(questions) for i in index]
             if conditioned:
@@ -226,10 +238,10 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
                 own, other = _rows(messages, index), _rows(messages, others)
             for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", own.zeros_like())):
                 fused = communicate.receive(setup.adapter, msg, half_cache)
-                answers[name] += _answers(r, fused, lasts, n_tok)
+                put(name, _answers(r, fused, lasts, n_tok))
         if setup.control is not None:
             zeros = _control_zeros(setup.control, len(chunk))
-            answers["receiver_only"] += _answers(r, communicate.receive(setup.control, zeros, half_cache), lasts, n_tok)
+            put("receiver_only", _answers(r, communicate.receive(setup.control, zeros, half_cache), lasts, n_tok))
         # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
         cache, done = base, base_len
         for k, b in enumerate(budgets, start=1):
@@ -239,12 +251,13 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
                 for row in range(len(chunk))
             ]
             cache = communicate.extend(r, cache, [p[d:e] for p, d, e in zip(text[b], done, stem)])
-            answers[text_condition(b)] += _answers(r, cache, [p[e:] for p, e in zip(text[b], stem)], n_tok)
+            put(text_condition(b), _answers(r, cache, [p[e:] for p, e in zip(text[b], stem)], n_tok))
             done = stem
         bar.update(len(chunk))
     bar.close()
+    wall["receiver_answers"] = time.perf_counter() - start_time
     latent_bytes = None if setup.adapter is None else _message_bytes(setup.adapter)
-    return Answers(answers, texts, latent_bytes)
+    return Answers(answers, texts, latent_bytes, wall)
 
 
 def _send_conditioned(setup: Setup, questions: Sequence[Question], receiver_cache: KVCache) -> Message:

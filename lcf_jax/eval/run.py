@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ def evaluate(
     answers: Answers = run_answers(setup, questions, progress=progress)
     gold = [q.answers for q in questions]
     scores = {name: score(answers.by_condition[name], gold, clean=True) for name in setup.conditions()}
+    start = time.perf_counter()
     times = run_latency(setup, questions[: max(latency_questions, 2)], progress=progress) if latency_questions else {}
+    wall_s = {**answers.wall_s, "latency": time.perf_counter() - start}
     reference = reference_condition({name: s["f1_mean"] for name, s in scores.items()})
     results = [
         ConditionResult(
@@ -85,10 +88,12 @@ def evaluate(
         },
         **(meta or {}),
     }
+    meta["wall_s"] = {**meta.get("wall_s", {}), **{k: round(v, 1) for k, v in wall_s.items()}}
     write_results(workdir, results, meta=meta)
     table = markdown_table(results, reference=reference)
     stages = stage_table(times) if times else ""
-    (workdir / "results.md").write_text(f"{table}\n\n{stages}\n")
+    walls = "Wall time: " + ", ".join(f"{k.replace('_', ' ')} {v:,.0f} s" for k, v in meta["wall_s"].items())
+    (workdir / "results.md").write_text(f"{table}\n\n{stages}\n\n{walls}\n")
     if times:
         plot_f1_vs_ttft(results, workdir / "f1_vs_ttft.png", title=f"F1 vs time to first token (n={len(questions)})")
     with (workdir / "answers.jsonl").open("w") as f:

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def _as_tree(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if state.control is not None:  # the receiver-only control trained alongside (with_control)
+        tree["control"] = state.control
+    return tree
 
 
 class Checkpointer:
@@ -61,7 +64,7 @@ class Checkpointer:
                 )
                 continue
             tree = restored["state"]
-            return TrainState(tree["step"], tree["params"], tree["opt_state"]), restored["data"]
+            return TrainState(tree["step"], tree["params"], tree["opt_state"], tree.get("control")), restored["data"]
         return None
 
     def latest_step(self) -> int | None:

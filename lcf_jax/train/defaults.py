@@ -19,6 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.adapter.options = ml_collections.ConfigDict(dict(latent_width=128, dropout=0.1))
     config.adapter.num_spans = 16  # lcfx: span slots per row
     config.adapter.receiver_only = False  # lcfx control: train with zero messages (the sharer never runs)
+    # lcfx: also train that control in the same steps (it reuses the receiver's passes); saved to
+    # control_adapter/ beside adapter/, where `lcf eval --checkpoint` finds it.
+    config.adapter.with_control = False
 
     config.data = ml_collections.ConfigDict()
     config.data.kind = "jsonl"  # "jsonl" (chat), "qa_jsonl" / "split_qa" (split-context questions), "synthetic"

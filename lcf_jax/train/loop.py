@@ -33,7 +33,7 @@ from lcf_jax.sharding import describe, logical_spec, make_mesh, tree_shardings
 from lcf_jax.train.batch import Batch
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import StepConfig, TrainState, init_state, make_optimizer, make_train_step
-from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR
+from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR, CONTROL_DIR
 
 log = logging.getLogger("lcf_jax.train")
 
@@ -194,8 +194,16 @@ def train(
         clip=t.clip,
     )
 
+    with_control = bool(config.adapter.with_control)
+    if with_control and (spec.kind != "lcfx" or config.adapter.receiver_only):
+        raise ValueError(
+            "adapter.with_control trains the LCF-X receiver-only control alongside an LCF-X adapter: it needs "
+            f"adapter.kind='lcfx' (got {spec.kind!r}) and adapter.receiver_only=False"
+        )
+
     def fresh_state() -> TrainState:
-        return init_state(nnx.state(Adapter(spec, rngs=nnx.Rngs(config.seed)), nnx.Param), optimizer)
+        adapter_state = nnx.state(Adapter(spec, rngs=nnx.Rngs(config.seed)), nnx.Param)
+        return init_state(adapter_state, optimizer, control=with_control)
 
     abstract = jax.eval_shape(fresh_state)
     state_shardings = tree_shardings(abstract, mesh)
@@ -234,6 +242,7 @@ def train(
         anneal_steps=t.anneal_steps,
         seed=config.seed,
         receiver_only=config.adapter.receiver_only,
+        with_control=with_control,
     )
     step_fn = jax.jit(
         make_train_step(graphdef, sharer, receiver, optimizer, step_config),
@@ -274,7 +283,10 @@ def train(
             values["tokens_per_second"] = tokens / max(now - last_time, 1e-9)
             last_time, tokens = now, 0
             metrics_log.write({"step": step + 1, **values})
-            bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
+            shown = {"loss": f"{values['loss']:.4f}", "tok_s": f"{values['tokens_per_second']:.0f}"}
+            if with_control:
+                shown["control_loss"] = f"{values['control_loss']:.4f}"
+            bar.set_postfix(shown)
         bar.update(1)
     bar.close()
     if checkpointer.latest_step() != t.steps:
@@ -290,6 +302,8 @@ def train(
     if primary:
         # The trained adapter as safetensors + adapter_config.json: what `lcf eval` and export read.
         save_adapter(nnx.merge(graphdef, jax.device_get(state.params)), workdir / ADAPTER_DIR)
+        if with_control:
+            save_adapter(nnx.merge(graphdef, jax.device_get(state.control["params"])), workdir / CONTROL_DIR)
         metrics_log.write({"event": "end", **summary})
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")

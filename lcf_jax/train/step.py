@@ -5,6 +5,11 @@ donated); only the adapter's float32 master weights are differentiated and updat
 receiver's next-token cross-entropy over response tokens, computed from the fused cache. Gradient
 accumulation scans over micro-batches summing token losses, and divides by the token count of the
 whole batch at the end, so any split into micro-batches or devices computes the same step.
+
+With `StepConfig.with_control`, the LCF-X adapter's receiver-only control (the same adapter given
+zero messages) trains in the same step on the same rows: it reuses the receiver's prefix pass, which
+is most of its cost, and keeps its own parameters and optimizer state (its own clipping and moments),
+so it ends where a separate run with `receiver_only=True` ends, up to float rounding.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class TrainState:
     step: Array  # int32 scalar
     params: PyTree  # the adapter's nnx.Param state, float32
     opt_state: PyTree
+    control: PyTree = None  # with_control: {"params": ..., "opt_state": ...} of the receiver-only control
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,8 @@ class StepConfig:
     # lcfx control: the message is replaced by zeros, so the adapter can learn the task from the
     # receiver's own cache but receives nothing (and the sharer is never run).
     receiver_only: bool = False
+    # lcfx: also train that control, alongside, in the same step (state.control holds it).
+    with_control: bool = False
 
 
 def make_optimizer(
@@ -84,21 +92,20 @@ def token_losses(
     temperature,
     num_spans: int,
     receiver_only: bool = False,
-) -> tuple[Array, Array]:
-    """(sum of response-token negative log-likelihoods, number of response tokens) for one batch."""
+    control: Adapter | None = None,
+) -> tuple[Array, Array] | tuple[Array, Array, Array]:
+    """(sum of response-token negative log-likelihoods, number of response tokens) for one batch;
+    with a `control` adapter also the control's sum, from the same receiver prefix pass."""
     sharer_params, receiver_params = frozen
     b, tp = batch.prefix.shape
     r_cache = KVCache.init(receiver.config, b, tp, receiver.dtype)
     _, r_cache = forward(
         receiver.graphdef, receiver_params, batch.prefix, r_cache, batch.prefix_lengths, last_only=True
     )
+    if (receiver_only or control is not None) and adapter.spec.kind != "lcfx":
+        raise ValueError("receiver_only training is the LCF-X control: it needs an lcfx adapter")
     if receiver_only:
-        if adapter.spec.kind != "lcfx":
-            raise ValueError("receiver_only training is the LCF-X control: it needs an lcfx adapter")
-        spec = adapter.spec
-        shape = (len(spec.layers), b, spec.message_slots, spec.sharer.num_kv_heads, spec.sharer.head_dim)
-        empty = Message(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
-        fused = adapter.receive(empty, r_cache, rng=rng, temperature=temperature)
+        fused = adapter.receive(_zero_message(adapter, b), r_cache, rng=rng, temperature=temperature)
         return _suffix_losses(receiver, receiver_params, fused, batch)
     s_cache = KVCache.init(sharer.config, b, batch.sharer.shape[1], sharer.dtype)
     _, s_cache = forward(sharer.graphdef, sharer_params, batch.sharer, s_cache, batch.sharer_lengths, last_only=True)
@@ -108,7 +115,19 @@ def token_losses(
         fused = adapter.receive(message, r_cache, rng=rng, temperature=temperature)
     else:
         fused = adapter.fuse(s_cache, r_cache, rng=rng, temperature=temperature)
-    return _suffix_losses(receiver, receiver_params, fused, batch)
+    nll, count = _suffix_losses(receiver, receiver_params, fused, batch)
+    if control is None:
+        return nll, count
+    control_fused = control.receive(_zero_message(control, b), r_cache, rng=rng, temperature=temperature)
+    control_nll, _ = _suffix_losses(receiver, receiver_params, control_fused, batch)
+    return nll, count, control_nll
+
+
+def _zero_message(adapter: Adapter, batch: int) -> Message:
+    """The all-zero message the receiver-only control is trained with (nothing is received)."""
+    spec = adapter.spec
+    shape = (len(spec.layers), batch, spec.message_slots, spec.sharer.num_kv_heads, spec.sharer.head_dim)
+    return Message(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
 
 
 def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, batch: Batch) -> tuple[Array, Array]:
@@ -137,16 +156,19 @@ def make_train_step(
             state.step, initial=config.tau_initial, final=config.tau_final, anneal_steps=config.anneal_steps
         )
         step_key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+        with_control = config.with_control
+        if with_control and state.control is None:
+            raise ValueError("StepConfig.with_control needs a state with a control: init_state(..., control=True)")
+        trained = (state.params, state.control["params"]) if with_control else (state.params,)
 
-        def micro(carry, inputs):
+        def micro(carry, micro_batch):
             grads_sum, nll_sum, count = carry
-            micro_batch = inputs
 
             def loss(params):
-                adapter = nnx.merge(adapter_graphdef, params)
+                adapters = [nnx.merge(adapter_graphdef, p) for p in params]
                 rng = jax.vmap(lambda row: jax.random.fold_in(step_key, row))(micro_batch.row_ids)  # per row
-                return token_losses(
-                    adapter,
+                out = token_losses(
+                    adapters[0],
                     sharer,
                     receiver,
                     frozen,
@@ -155,34 +177,50 @@ def make_train_step(
                     temperature,
                     config.num_spans,
                     config.receiver_only,
+                    control=adapters[1] if with_control else None,
                 )
+                nll, n = out[0], out[1]
+                # The two adapters share no parameter: the gradient of the sum is each one's own.
+                total = nll + out[2] if with_control else nll
+                return total, (jnp.stack(out[:1] + out[2:]), n)
 
-            (nll, n), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+            (_, (nlls, n)), grads = jax.value_and_grad(loss, has_aux=True)(trained)
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-            return (grads_sum, nll_sum + nll, count + n), None
+            return (grads_sum, nll_sum + nlls, count + n), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (grads, nll, count), _ = jax.lax.scan(micro, (zeros, jnp.float32(0.0), jnp.float32(0.0)), batch)
+        zeros = jax.tree.map(jnp.zeros_like, trained)
+        nll0 = jnp.zeros((len(trained),), jnp.float32)
+        (grads, nll, count), _ = jax.lax.scan(micro, (zeros, nll0, jnp.float32(0.0)), batch)
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(grads[0], state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         gate_logits = nnx.merge(adapter_graphdef, state.params).gate_logits()
         metrics = {
-            "loss": nll / count,
-            "grad_norm": optax.tree.norm(grads),
+            "loss": nll[0] / count,
+            "grad_norm": optax.tree.norm(grads[0]),
             "response_tokens": count,
             "temperature": temperature,
             "gate_open_fraction": jnp.mean((gate_logits > 0).astype(jnp.float32)),
             "gate_mean": jnp.mean(jax.nn.sigmoid(gate_logits)),
         }
-        return TrainState(state.step + 1, params, opt_state), metrics
+        control = None
+        if with_control:
+            c = state.control
+            c_updates, c_opt_state = optimizer.update(grads[1], c["opt_state"], c["params"])
+            control = {"params": optax.apply_updates(c["params"], c_updates), "opt_state": c_opt_state}
+            metrics |= {"control_loss": nll[1] / count, "control_grad_norm": optax.tree.norm(grads[1])}
+        return TrainState(state.step + 1, params, opt_state, control), metrics
 
     return step
 
 
-def init_state(adapter_state: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
-    return TrainState(jnp.int32(0), adapter_state, optimizer.init(adapter_state))
+def init_state(adapter_state: PyTree, optimizer: optax.GradientTransformation, *, control: bool = False) -> TrainState:
+    """Step 0. `control=True`: the receiver-only control starts from the same parameters (as a
+    separate run with the same seed would)."""
+    copy = jax.tree.map(jnp.copy, adapter_state)  # its own buffers: the step donates the state
+    extra = {"params": copy, "opt_state": optimizer.init(copy)} if control else None
+    return TrainState(jnp.int32(0), adapter_state, optimizer.init(adapter_state), extra)
 
 
 def frozen_params(sharer: Model, receiver: Model) -> tuple[Any, Any]:

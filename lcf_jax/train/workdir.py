@@ -3,8 +3,10 @@ what the user points at: an adapter directory, a `lcf train` or `lcf demo` work 
 checkpoints (a `checkpoints` folder or one numbered step in it).
 
     adapter directory    adapter_config.json + adapter.safetensors
-    lcf train workdir    adapter/ (written when training ends), checkpoints/<step>/, config.json, summary.json
-    lcf demo workdir     lcfx/ and receiver_only/, each a `lcf train` work directory
+    lcf train workdir    adapter/ (written when training ends), control_adapter/ (adapter.with_control:
+                         the receiver-only control), checkpoints/<step>/, config.json, summary.json
+    lcf demo workdir     lcfx/, a `lcf train` work directory with its control (runs before 2026-11-28
+                         trained the control separately, in receiver_only/)
 """
 
 from __future__ import annotations
@@ -17,22 +19,23 @@ from pathlib import Path
 from lcf_jax.adapter_format import CONFIG_FILE
 
 ADAPTER_DIR = "adapter"  # the trained adapter, saved when training ends
+CONTROL_DIR = "control_adapter"  # the receiver-only control trained alongside it (adapter.with_control)
 CHECKPOINTS_DIR = "checkpoints"  # Orbax checkpoints, one numbered folder per saved step
-DEMO_RUN, DEMO_CONTROL = "lcfx", "receiver_only"  # a `lcf demo` work directory's two runs
+DEMO_RUN = "lcfx"  # a `lcf demo` work directory's training run
+DEMO_CONTROL = "receiver_only"  # where older demo runs trained the control separately
 
 
 def adapter_dirs(checkpoint: str | os.PathLike) -> tuple[Path, Path | None]:
     """(adapter directory, receiver-only control directory or None) from an adapter directory, a
     `lcf train` work directory or a `lcf demo` work directory."""
     root = Path(checkpoint)
-    for main, control in (
-        (root, None),
-        (root / ADAPTER_DIR, None),
-        (root / DEMO_RUN / ADAPTER_DIR, root / DEMO_CONTROL / ADAPTER_DIR),
+    for main, controls in (
+        (root, ()),
+        (root / ADAPTER_DIR, (root / CONTROL_DIR,)),
+        (root / DEMO_RUN / ADAPTER_DIR, (root / DEMO_RUN / CONTROL_DIR, root / DEMO_CONTROL / ADAPTER_DIR)),
     ):
         if (main / CONFIG_FILE).exists():
-            has_control = control is not None and (control / CONFIG_FILE).exists()
-            return main, control if has_control else None
+            return main, next((c for c in controls if (c / CONFIG_FILE).exists()), None)
     raise FileNotFoundError(
         f"no adapter under {root}: expected {CONFIG_FILE} there, in {root / ADAPTER_DIR} (a `lcf train` work "
         f"directory) or in {root / DEMO_RUN / ADAPTER_DIR} (a `lcf demo` work directory)"
