@@ -78,6 +78,15 @@ def write_rows(cache: Array, new: Array, starts: Array) -> Array:
     return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0)))(cache, new, starts)
 
 
+def write_layer_rows(cache: Array, layer: Array, new: Array, starts: Array) -> Array:
+    """`write_rows` into layer `layer` of a whole cache `[L, B, S, K, H]`, in place: only the new
+    entries are written (the layer scan carries the whole cache, so nothing else is copied)."""
+    b, t = new.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = starts[:, None] + jnp.arange(t)[None, :]  # [B, T]
+    return cache.at[layer, rows, slots].set(new.astype(cache.dtype), mode="drop")
+
+
 def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     """Grouped-query attention. q `[B, T, N, H]`, k/v `[B, S, K, H]`, mask `[B, T, S]` (True = attend).
 
@@ -117,9 +126,18 @@ class Attention(nnx.Module):
         self.config = config  # static: hashable, and RoPE frequencies are derived from it at trace time
 
     def __call__(
-        self, x: Array, k_cache: Array, v_cache: Array, positions: Array, starts: Array, mask: Array
+        self,
+        x: Array,
+        k_cache: Array,
+        v_cache: Array,
+        positions: Array,
+        starts: Array,
+        mask: Array,
+        layer: Array | None = None,
     ) -> tuple[Array, Array, Array]:
-        """x `[B, T, D]`; k/v_cache `[B, S, K, H]`; positions `[B, T]`; starts `[B]`; mask `[B, T, S]`."""
+        """x `[B, T, D]`; k/v_cache `[B, S, K, H]`, this layer's (or, given `layer`, every layer's
+        `[L, B, S, K, H]`: this one writes its new entries into slice `layer` in place);
+        positions `[B, T]`; starts `[B]`; mask `[B, T, S]`."""
         b, t, _ = x.shape
         cfg = self.config
         n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -131,9 +149,15 @@ class Attention(nnx.Module):
         inv_freq = rope_inv_freq(cfg)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        k_cache = write_rows(k_cache, k.astype(k_cache.dtype), starts)  # [B, S, K, H]
-        v_cache = write_rows(v_cache, v.astype(v_cache.dtype), starts)
-        out = attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask)
+        if layer is None:
+            k_cache = k_l = write_rows(k_cache, k.astype(k_cache.dtype), starts)  # [B, S, K, H]
+            v_cache = v_l = write_rows(v_cache, v.astype(v_cache.dtype), starts)
+        else:
+            k_cache = write_layer_rows(k_cache, layer, k, starts)
+            v_cache = write_layer_rows(v_cache, layer, v, starts)
+            k_l = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)  # [B, S, K, H]
+            v_l = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
+        out = attention(q, k_l.astype(q.dtype), v_l.astype(q.dtype), mask)
         return self.o_proj(out.reshape(b, t, n * h)), k_cache, v_cache
 
 
