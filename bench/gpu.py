@@ -788,6 +788,7 @@ def _jax_model(run: Run, name: str) -> tuple[list[dict], dict]:
     compiled = prefill.lower(model.params, tokens, prefill_cache).compile()
     prefill_compile_s = time.perf_counter() - start
     t_prefill = timed(lambda: compiled(model.params, tokens, prefill_cache), repeats=sz.repeats)
+    kernels = prefill_kernels(run, lambda: compiled(model.params, tokens, prefill_cache)[0], prefill, model, tokens, t)
     flops = forward_flops(c, t, lm_rows=1)
     achieved = flops["total"] / t_prefill["median_s"]
     xla_flops = cost_flops(compiled)
@@ -825,6 +826,7 @@ def _jax_model(run: Run, name: str) -> tuple[list[dict], dict]:
             xla_flops / 1e12 if xla_flops else None,
             "TFLOP",
         ),
+        *kernels["rows"],
     ]
     details = {
         "decode_s_per_token": decode_s,
@@ -841,11 +843,44 @@ def _jax_model(run: Run, name: str) -> tuple[list[dict], dict]:
         "prefill_model_flops": flops,
         "prefill_xla_cost_analysis_flops": xla_flops,
         "prefill_tokens": t,
+        "prefill_kernels": {k: v for k, v in kernels.items() if k != "rows"},
         "prompt": sz.prompt,
         "new_tokens": n,
     }
     run.ctx.setdefault("jax", {})[name] = {"decode_s": decode_s, "prefill_s": t_prefill["median_s"]}
     return rows, details
+
+
+def prefill_kernels(run: Run, default_logits, prefill, model, tokens, t: int) -> dict[str, Any]:
+    """The prefill again with the other attention kernel (LCF_ATTENTION, lcf_jax/models/layers.py):
+    which one "auto" chose, its speed over the einsum kernel's, and how far their logits differ."""
+    import os  # noqa: PLC0415
+
+    layers = lcf("models.layers")
+    chosen = layers.attention_kernel(jnp.zeros((1, 2, 1, 1), model.dtype))
+    other = "einsum" if chosen == "fused" else "fused"
+    reference = np.asarray(block(default_logits()), np.float32)
+    before = os.environ.get(layers.ATTENTION_ENV)
+    os.environ[layers.ATTENTION_ENV] = other
+    jax.clear_caches()
+    try:
+        cache = lcf("kv").KVCache.init(model.config, 1, t, model.dtype)
+        compiled = prefill.lower(model.params, tokens, cache).compile()
+        timing = timed(lambda: compiled(model.params, tokens, cache), repeats=run.sizes.repeats)
+        logits = np.asarray(block(compiled(model.params, tokens, cache)[0]), np.float32)
+    finally:
+        if before is None:
+            os.environ.pop(layers.ATTENTION_ENV, None)
+        else:
+            os.environ[layers.ATTENTION_ENV] = before
+        jax.clear_caches()
+    diff = float(np.abs(logits - reference).max())
+    rows = [
+        row(f"  attention kernel chosen for prefill (auto on {jax.default_backend()})", chosen),
+        row(f"  prefill with the {other} kernel instead", timing["median_s"] * 1e3, "ms"),
+        row(f"  max |logit difference| {chosen} vs {other} (bf16)", diff, ""),
+    ]
+    return {"rows": rows, "chosen": chosen, "other": other, "other_prefill": timing, "max_logit_diff": diff}
 
 
 def section_models_jax(run: Run) -> tuple[list[dict], dict]:

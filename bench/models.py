@@ -1,7 +1,8 @@
 """lcf_jax against transformers (PyTorch) on the real SmolLM2-135M-Instruct: prefill tokens/s and
-decode ms/token, batch 1, float32, both in one process on the same random prompt.
+decode ms/token (per step of the whole batch), batch 1 unless --batch, float32, both in one process
+on the same random prompts.
 
-    .venv/bin/python bench/models.py [--prompt-tokens 256] [--new-tokens 64] [--repeats 15]
+    .venv/bin/python bench/models.py [--batch 1] [--prompt-tokens 256] [--new-tokens 64] [--repeats 15]
                                      [--decode-repeats 3] [--json OUT]
 
 Prefill: lcf_jax `model(tokens)` (all logits + a fresh cache) against transformers `model(input_ids,
@@ -197,12 +198,12 @@ def torch_greedy_loop(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[
     with torch.inference_mode():
         out = model(input_ids, use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
-        tokens = [int(token)]
+        tokens = [int(token[0])]  # row 0's (every row is timed; one is compared)
         start = time.perf_counter()
         for _ in range(new_tokens - 1):
             out = model(token, use_cache=True, **{cache_arg: torch_output_cache(out)})
             token = out.logits[:, -1].argmax(-1, keepdim=True)
-            tokens.append(int(token))
+            tokens.append(int(token[0]))
         return tokens, time.perf_counter() - start
 
 
@@ -225,6 +226,7 @@ def torch_generate(model, input_ids: torch.Tensor, new_tokens: int) -> list[int]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1, help="prompts per call (random, all the same length)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15, help="prefill repeats per implementation")
     parser.add_argument("--decode-repeats", type=int, default=3, help="decode repeats per implementation")
@@ -247,7 +249,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     hf = load_torch_model()
     vocab = model.config.vocab_size
-    prompt = np.random.RandomState(args.seed).randint(0, vocab, (1, args.prompt_tokens)).astype(np.int32)
+    prompt = np.random.RandomState(args.seed).randint(0, vocab, (args.batch, args.prompt_tokens)).astype(np.int32)
     input_ids = torch.tensor(prompt, dtype=torch.long)
     n = args.new_tokens
 
@@ -275,7 +277,7 @@ def main() -> None:
     agreement = {
         "prefill_logits_max_abs_diff": float(np.abs(logits - torch_logits).max()),
         "prefill_argmax_agree": int((logits.argmax(-1) == torch_logits.argmax(-1)).sum()),
-        "prefill_positions": args.prompt_tokens,
+        "prefill_positions": args.batch * args.prompt_tokens,
         "lcf_vs_torch_generate_agree": sum(a == b for a, b in zip(jax_tokens, generate_tokens)),
         "torch_loop_vs_torch_generate_agree": sum(a == b for a, b in zip(loop_tokens, generate_tokens)),
         "new_tokens": n,
@@ -305,7 +307,8 @@ def main() -> None:
 
     pre = {k: summary(v) for k, v in prefill.items()}
     dec = {k: summary(v) for k, v in decode.items()}
-    tok_s = {k: args.prompt_tokens / v["median_s"] for k, v in pre.items()}
+    tokens = args.batch * args.prompt_tokens  # per prefill call
+    tok_s = {k: tokens / v["median_s"] for k, v in pre.items()}
     ms_tok = {k: 1e3 * v["median_s"] for k, v in dec.items()}
     best_torch = min(("torch_generate", "torch_loop"), key=lambda k: ms_tok[k])
     ratios = {"prefill": tok_s["lcf_jax"] / tok_s["torch"], "decode": ms_tok[best_torch] / ms_tok["lcf_jax"]}
@@ -324,7 +327,8 @@ def main() -> None:
     ]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     lines = [
-        f"{MODEL_TITLE}, batch 1, float32, {args.prompt_tokens}-token random prompt (seed {args.seed}), {n} new tokens",
+        f"{MODEL_TITLE}, batch {args.batch}, float32, {args.prompt_tokens}-token random prompts (seed {args.seed}), "
+        f"{n} new tokens",
         f"{env['device']}; {env['date']}; {versions}",
         f"Command: `{env['command']}`",
         "",
@@ -336,14 +340,14 @@ def main() -> None:
         f"1 token) / {n - 1} for lcf_jax and PyTorch generate, the {n - 1} single-token forwards for the loop. "
         f"Decode ratio against the faster PyTorch variant ({best_torch.replace('torch_', '')}); > 1: lcf_jax faster.",
         f"Median of the per-repeat prefill ratios {paired:.2f}. "
-        f"Best of the repeats instead of the median: prefill {args.prompt_tokens / pre['lcf_jax']['min_s']:.0f} vs "
-        f"{args.prompt_tokens / pre['torch']['min_s']:.0f} tokens/s; decode "
+        f"Best of the repeats instead of the median: prefill {tokens / pre['lcf_jax']['min_s']:.0f} vs "
+        f"{tokens / pre['torch']['min_s']:.0f} tokens/s; decode "
         + " / ".join(f"{1e3 * dec[k]['min_s']:.1f}" for k in dec)
         + " ms/token (lcf_jax / generate / loop).",
         f"Greedy tokens: lcf_jax agrees with PyTorch generate on {agreement['lcf_vs_torch_generate_agree']}/{n}, "
         f"the PyTorch loop with PyTorch generate on {agreement['torch_loop_vs_torch_generate_agree']}/{n}; "
         f"prefill logits max |diff| {agreement['prefill_logits_max_abs_diff']:.1e}, argmax agrees at "
-        f"{agreement['prefill_argmax_agree']}/{args.prompt_tokens} positions.",
+        f"{agreement['prefill_argmax_agree']}/{agreement['prefill_positions']} positions.",
         f"Other processes used {100 * statistics.mean(timer.foreign):.0f}% of the CPU on average during the timed "
         f"calls (max {100 * max(timer.foreign):.0f}%; {timer.retried} calls retried); lcf_jax warm-up incl. "
         f"compilation {compile_s:.1f} s.",
@@ -357,7 +361,16 @@ def main() -> None:
             **env,
             "settings": {
                 k: getattr(args, k)
-                for k in ("prompt_tokens", "new_tokens", "repeats", "decode_repeats", "seed", "pause", "max_foreign")
+                for k in (
+                    "batch",
+                    "prompt_tokens",
+                    "new_tokens",
+                    "repeats",
+                    "decode_repeats",
+                    "seed",
+                    "pause",
+                    "max_foreign",
+                )
             },
             "prefill": {"tokens_per_s": tok_s, **{f"{k}_timing": v for k, v in pre.items()}},
             "decode": {"ms_per_token": ms_tok, **{f"{k}_timing": v for k, v in dec.items()}},

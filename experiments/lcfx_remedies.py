@@ -30,6 +30,7 @@ from lcf_jax.train.loop import ADAPTER_DIR, train
 def variants() -> dict[str, ml_collections.ConfigDict]:
     out = {}
     base = demo_config()
+    base.adapter.with_control = False  # the remedies compare LCF-X adapters only
     out["demo"] = base
     longer = ml_collections.ConfigDict(base.to_dict())
     longer.train.steps = longer.train.anneal_steps = 3 * base.train.steps

@@ -102,3 +102,18 @@ def test_receiver_conditioned_and_prefix_adapters_run_every_latent_condition(set
         got = C.run_answers(only_latent, QUESTIONS, progress=False).by_condition
         gen, _ = communicate.answer_different_contexts(adapter, s, r, spans, prompts, 4)
         assert got["lcfx"] == [C.decode(r, t) for t in gen.token_lists(stop_tokens=stop_token_ids(r))], options
+
+
+def test_budgets_a_batch_of_short_messages_fits_reuse_the_smaller_budgets_answers(setup, monkeypatch):
+    """Messages of 3, 9 and 4 tokens with budgets 5, 12, 20: batches go by message length, so one
+    batch (3 and 4 tokens) has the same prompts for every budget and is answered once; the other
+    (9 tokens) differs between 5 and 12. Every answer must still be that of a separate run."""
+    s, r = setup.sharer, setup.receiver
+    written = [[7, 8, 9], [7, 8, 9, 10, 11, 12, 13, 14, 15], [10, 11, 12, 13]]
+    monkeypatch.setattr(C, "sharer_messages", lambda *args, **kwargs: [list(m) for m in written])
+    short = C.Setup(s, r, budgets=(5, 12, 20), receiver_alone=(), max_answer_tokens=4, batch_size=2)
+    answers = C.run_answers(short, QUESTIONS, progress=False).by_condition
+    for i, q in enumerate(QUESTIONS):
+        for b in (5, 12, 20):
+            prompt = C.receiver_prompt(r, q, q.receiver_context, C.decode(s, written[i][:b]))
+            assert answers[f"text_{b}"][i] == direct(r, prompt, 4), (q.id, b)

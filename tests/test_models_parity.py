@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from hf_tiny import CASES, save_tiny, tiny_hf_model
 from safetensors.numpy import load_file
 
 import lcf_jax
+from lcf_jax.models.layers import attention_kernel
 
 TOKENS = np.random.RandomState(0).randint(0, 97, (2, 13)).astype(np.int32)
 
@@ -115,3 +118,31 @@ def test_bfloat16_load_tracks_float32(pair):
     assert cache.k.dtype == np.dtype("bfloat16")
     # bf16 keeps ~3 significant digits; logits of these random models are O(10).
     assert np.abs(np.asarray(logits) - np.asarray(ref)).max() <= 0.05 * np.abs(np.asarray(ref)).max()
+
+
+@pytest.mark.parametrize("kernel", ["fused", "einsum"])
+def test_attention_kernels_match_transformers_on_padded_chunked_prefill(pair, kernel, monkeypatch):
+    """LCF_ATTENTION=fused (jax.nn.dot_product_attention: cuDNN on GPUs, XLA here) and the einsum
+    kernel give transformers' logits for a padded batch prefilled in two chunks."""
+    torch_model, model, _ = pair
+    monkeypatch.setenv("LCF_ATTENTION", kernel)
+    jax.clear_caches()  # the kernel is chosen when a function is traced
+    try:
+        assert attention_kernel(jnp.zeros((1, 4, 2, 8))) == kernel
+        tokens, lengths = lcf_jax.sampling.pad_batch([TOKENS[0, :13].tolist(), TOKENS[1, :8].tolist()])
+        mask = (np.arange(tokens.shape[1])[None] < lengths[:, None]).astype(np.int64)
+        ref_logits, _ = torch_forward(torch_model, tokens, mask)
+        first, cache = model(tokens[:, :5])
+        rest, _ = model(tokens[:, 5:], cache, lengths=lengths - 5)
+        logits = np.concatenate([np.asarray(first), np.asarray(rest)], axis=1)
+        for i, n in enumerate(lengths):
+            assert np.abs(logits[i, :n] - ref_logits[i, :n]).max() <= 1e-4
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+
+
+def test_unknown_attention_kernel_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("LCF_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="LCF_ATTENTION='flash': choose one of auto, einsum, fused"):
+        attention_kernel(jnp.zeros((1, 4, 2, 8)))

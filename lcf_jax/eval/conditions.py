@@ -245,6 +245,13 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
         # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
         cache, done = base, base_len
         for k, b in enumerate(budgets, start=1):
+            if k > 1 and text[b] == text[budgets[k - 2]]:
+                # Every message of this batch fits the smaller budget: the same prompts, so the same
+                # (greedy) answers, and so for every larger budget. Batches go by message length,
+                # so this is most batches for the larger budgets.
+                for larger in budgets[k - 1 :]:
+                    put(text_condition(larger), [answers[text_condition(budgets[k - 2])][i] for i in index])
+                break
             later = chain[k : 1 + len(budgets)]  # this budget and the larger ones (not full_context)
             stem = [
                 max(done[row], min(_common_prefix([c[row] for c in later]), len(text[b][row]) - 1))

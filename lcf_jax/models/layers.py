@@ -8,7 +8,9 @@ angles, softmax) run in float32 whatever the parameter dtype, as transformers do
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,16 @@ from lcf_jax.typing import Array, DType
 # A large negative instead of -inf: a fully masked row (a padding query) then gives a uniform
 # softmax instead of NaNs that would leak into the cache through later layers.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+# Which kernel attends when a row brings more than one new token (prefill, extend, training):
+#   "einsum"  the grouped matmuls of `attention` (tuned for CPU)
+#   "fused"   `jax.nn.dot_product_attention`: cuDNN's fused attention on an NVIDIA GPU, XLA elsewhere
+#   "auto"    fused on a GPU for bf16/fp16, einsum otherwise (the default)
+# Read when a function is traced (set it before the first call, or call jax.clear_caches()).
+# A decode step (one token per row) always takes the einsum kernel.
+ATTENTION_ENV = "LCF_ATTENTION"
+ATTENTION_CHOICES = ("auto", "einsum", "fused")
+log = logging.getLogger(__name__)
 
 
 class RMSNorm(nnx.Module):
@@ -87,7 +99,40 @@ def write_layer_rows(cache: Array, layer: Array, new: Array, starts: Array) -> A
     return cache.at[layer, rows, slots].set(new.astype(cache.dtype), mode="drop")
 
 
+def attention_kernel(q: Array) -> str:
+    """ "einsum" or "fused" for these queries, from `LCF_ATTENTION` (see ATTENTION_ENV)."""
+    choice = os.environ.get(ATTENTION_ENV, "auto")
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(f"{ATTENTION_ENV}={choice!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
+    if q.shape[1] == 1:
+        return "einsum"
+    if choice == "auto":
+        half = q.dtype in (jnp.bfloat16, jnp.float16)
+        return "fused" if half and jax.default_backend() == "gpu" else "einsum"
+    return choice
+
+
 def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Grouped-query attention through the kernel `attention_kernel` picks; arguments and result
+    as `einsum_attention`."""
+    if attention_kernel(q) == "fused":
+        return fused_attention(q, k, v, mask)
+    return einsum_attention(q, k, v, mask)
+
+
+def fused_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """`jax.nn.dot_product_attention` with the mask as `[B, 1, T, S]`: cuDNN's fused kernel on a GPU
+    (it never materialises the `[B, N, T, S]` scores); where cuDNN refuses the shapes or dtype, and
+    off GPUs, XLA's implementation (same numbers as `einsum_attention`)."""
+    if jax.default_backend() == "gpu":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError) as e:  # shape/dtype/version limits
+            log.warning("cuDNN attention unavailable here (%s); using XLA's", str(e).splitlines()[0][:200])
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla")
+
+
+def einsum_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     """Grouped-query attention. q `[B, T, N, H]`, k/v `[B, S, K, H]`, mask `[B, T, S]` (True = attend).
 
     Scores and softmax in float32; returns `[B, T, N, H]` in q's dtype.
