@@ -259,3 +259,26 @@ def test_control_trained_alongside_ends_where_separate_runs_end():
         not np.allclose(a, b) for a, b in zip(jax.tree.leaves(joint.params), jax.tree.leaves(joint.control["params"]))
     )
     assert max(h["grad_norm"] for h in alone_history) > 0.5  # clipping was active
+
+
+def test_control_trained_alongside_is_checkpointed_resumed_and_saved(tmp_path):
+    """adapter.with_control: the control's parameters and optimizer state are in the checkpoints, a
+    run resumed from one ends where an uninterrupted run ends, and control_adapter/ is written."""
+    settings = ["train.steps=6", "checkpoint.every=2", "checkpoint.async_save=false"]
+    settings += ["adapter.with_control=true", "adapter.num_spans=4"]
+
+    def run(workdir):
+        train(load_config(TINY + ":lcfx", settings), workdir, progress=False)
+        return {p.parent.name: p.read_bytes() for p in workdir.glob("*adapter/adapter.safetensors")}
+
+    reference = run(tmp_path / "reference")
+    assert set(reference) == {"adapter", "control_adapter"}
+    assert reference["adapter"] != reference["control_adapter"]
+    resumed_dir = tmp_path / "resumed"
+    run(resumed_dir)
+    for name in ("adapter", "control_adapter", "checkpoints/6"):  # back to the step-4 checkpoint
+        shutil.rmtree(resumed_dir / name)
+    (resumed_dir / "metrics.jsonl").unlink()
+    resumed = run(resumed_dir)
+    assert json.loads((resumed_dir / "metrics.jsonl").read_text().splitlines()[0])["from_step"] == 4
+    assert resumed == reference
