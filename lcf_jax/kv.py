@@ -81,6 +81,17 @@ class KVCache:
         entry_mask = None if self.entry_mask is None else jnp.pad(self.entry_mask, pad[:3])
         return self.replace(k=jnp.pad(self.k, pad), v=jnp.pad(self.v, pad), entry_mask=entry_mask)
 
+    def take_rows(self, rows) -> KVCache:
+        """A cache of only these rows (indices into the batch axis), in this order."""
+        rows = jnp.asarray(rows, jnp.int32)
+        return self.replace(
+            k=self.k[:, rows],
+            v=self.v[:, rows],
+            lengths=self.lengths[rows],
+            entry_mask=None if self.entry_mask is None else self.entry_mask[:, rows],
+            position_shift=None if self.position_shift is None else self.position_shift[rows],
+        )
+
     def check_compatible(self, config: ModelConfig, batch: int) -> None:
         """Raise a clear error if this cache was not made for `config` and a batch of `batch` rows."""
         want = (config.num_layers, batch, config.num_kv_heads, config.head_dim)

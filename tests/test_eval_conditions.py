@@ -117,3 +117,15 @@ def test_budgets_a_batch_of_short_messages_fits_reuse_the_smaller_budgets_answer
         for b in (5, 12, 20):
             prompt = C.receiver_prompt(r, q, q.receiver_context, C.decode(s, written[i][:b]))
             assert answers[f"text_{b}"][i] == direct(r, prompt, 4), (q.id, b)
+
+
+def test_messages_written_in_two_passes_equal_one_generation(setup, monkeypatch):
+    """The rows still writing after the first pass continue as a smaller batch from their cache rows:
+    the messages must be those of one uninterrupted generation per question."""
+    s = setup.sharer
+    monkeypatch.setattr(C, "FIRST_PASS_TOKENS", 7)  # the budgets go to 12: every row takes both passes
+    written = C.sharer_messages(setup, QUESTIONS, progress=False)
+    for q, message in zip(QUESTIONS, written):
+        alone = generate(s, [C.sharer_text_prompt(s, q, False)], 12).token_lists(stop_tokens=stop_token_ids(s))[0]
+        assert message == alone, q.id
+    assert max(len(m) for m in written) > 7  # the second pass ran
