@@ -50,6 +50,10 @@ class AdapterSpec:
     def sharer_width(self) -> int:
         return self.sharer.kv_width
 
+    def message_shape(self, batch: int) -> tuple[int, int, int, int, int]:
+        """`[N, B, M, K_S, H_S]`: the shape of an LCF-X message's keys (and values) for `batch` rows."""
+        return (len(self.layers), batch, self.message_slots, self.sharer.num_kv_heads, self.sharer.head_dim)
+
     def describe(self) -> str:
         return (
             f"{self.kind} adapter, {len(self.layers)} of {self.receiver.num_layers} receiver layers, "

@@ -294,8 +294,7 @@ def _message_bytes(adapter: Adapter) -> int:
 
 
 def _control_zeros(control: Adapter, batch: int) -> Message:
-    spec = control.spec
-    shape = (len(spec.layers), batch, spec.message_slots, spec.sharer.num_kv_heads, spec.sharer.head_dim)
+    shape = control.spec.message_shape(batch)
     return Message(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
 
 

@@ -125,8 +125,7 @@ def token_losses(
 
 def _zero_message(adapter: Adapter, batch: int) -> Message:
     """The all-zero message the receiver-only control is trained with (nothing is received)."""
-    spec = adapter.spec
-    shape = (len(spec.layers), batch, spec.message_slots, spec.sharer.num_kv_heads, spec.sharer.head_dim)
+    shape = adapter.spec.message_shape(batch)
     return Message(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
 
 
