@@ -243,6 +243,12 @@ class Adapter(nnx.Module):
                 "built for other models"
             )
 
+    def empty_message(self, batch: int) -> Message:
+        """An all-zero float32 message for `batch` rows: the empty-message control, and what the
+        receiver-only control is trained and evaluated with (nothing is received)."""
+        shape = self.spec.message_shape(batch)
+        return Message(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+
     def receive_residuals(self, message: Message, receiver: KVCache, *, rng=None, temperature=1.0):
         if self.spec.message_injection == "prefix":
             raise ValueError("a prefix-mode message adds entries instead of residuals: apply it with receive()")

@@ -256,7 +256,7 @@ def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool =
                 fused = communicate.receive(setup.adapter, msg, half_cache)
                 put(name, _answers(r, fused, lasts, n_tok))
         if setup.control is not None:
-            zeros = _control_zeros(setup.control, len(chunk))
+            zeros = setup.control.empty_message(len(chunk))
             put("receiver_only", _answers(r, communicate.receive(setup.control, zeros, half_cache), lasts, n_tok))
         # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
         cache, done = base, base_len
@@ -290,12 +290,7 @@ def _send_conditioned(setup: Setup, questions: Sequence[Question], receiver_cach
 
 def _message_bytes(adapter: Adapter) -> int:
     """Bytes of one question's message (float32 keys and values of every slot and layer)."""
-    return _control_zeros(adapter, 1).nbytes
-
-
-def _control_zeros(control: Adapter, batch: int) -> Message:
-    shape = control.spec.message_shape(batch)
-    return Message(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+    return adapter.empty_message(1).nbytes
 
 
 # -- latency -----------------------------------------------------------------------------------------
@@ -381,12 +376,12 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
                 )
                 apply = lambda cache, m=message: communicate.receive(setup.adapter, m, cache)  # noqa: E731
             out[name] = Timing(sharer_s, *_receiver_stage(r, half, n_tok, apply))
-        zeros = _control_zeros(setup.adapter, 1)
+        zeros = setup.adapter.empty_message(1)
         out["empty_message"] = Timing(
             0.0, *_receiver_stage(r, half, n_tok, lambda c: communicate.receive(setup.adapter, zeros, c))
         )
     if setup.control is not None:
-        zeros = _control_zeros(setup.control, 1)
+        zeros = setup.control.empty_message(1)
         out["receiver_only"] = Timing(
             0.0, *_receiver_stage(r, half, n_tok, lambda c: communicate.receive(setup.control, zeros, c))
         )

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lcf_jax.adapters import Adapter, Message, gumbel_temperature
+from lcf_jax.adapters import Adapter, gumbel_temperature
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model, forward
 from lcf_jax.train.batch import Batch
@@ -105,7 +105,7 @@ def token_losses(
     if (receiver_only or control is not None) and adapter.spec.kind != "lcfx":
         raise ValueError("receiver_only training is the LCF-X control: it needs an lcfx adapter")
     if receiver_only:
-        fused = adapter.receive(_zero_message(adapter, b), r_cache, rng=rng, temperature=temperature)
+        fused = adapter.receive(adapter.empty_message(b), r_cache, rng=rng, temperature=temperature)
         return _suffix_losses(receiver, receiver_params, fused, batch)
     s_cache = KVCache.init(sharer.config, b, batch.sharer.shape[1], sharer.dtype)
     _, s_cache = forward(sharer.graphdef, sharer_params, batch.sharer, s_cache, batch.sharer_lengths, last_only=True)
@@ -118,15 +118,9 @@ def token_losses(
     nll, count = _suffix_losses(receiver, receiver_params, fused, batch)
     if control is None:
         return nll, count
-    control_fused = control.receive(_zero_message(control, b), r_cache, rng=rng, temperature=temperature)
+    control_fused = control.receive(control.empty_message(b), r_cache, rng=rng, temperature=temperature)
     control_nll, _ = _suffix_losses(receiver, receiver_params, control_fused, batch)
     return nll, count, control_nll
-
-
-def _zero_message(adapter: Adapter, batch: int) -> Message:
-    """The all-zero message the receiver-only control is trained with (nothing is received)."""
-    shape = adapter.spec.message_shape(batch)
-    return Message(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
 
 
 def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, batch: Batch) -> tuple[Array, Array]:
