@@ -14,6 +14,7 @@ position (`position_shift`); both are None, and cost nothing, otherwise.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,26 @@ class KVCache:
             lengths=self.lengths[rows],
             entry_mask=None if self.entry_mask is None else self.entry_mask[:, rows],
             position_shift=None if self.position_shift is None else self.position_shift[rows],
+        )
+
+    @staticmethod
+    def concatenate(caches: Sequence[KVCache]) -> KVCache:
+        """One cache holding every row of `caches`, in order (the smaller capacities zero-padded to
+        the largest)."""
+        if not caches:
+            raise ValueError("concatenate needs at least one cache")
+        for field in ("entry_mask", "position_shift"):
+            if len({getattr(c, field) is None for c in caches}) > 1:
+                raise ValueError(f"concatenate: some caches have a {field} (injected entries) and some do not")
+        capacity = max(c.capacity for c in caches)
+        caches = [c.with_capacity(capacity) for c in caches]
+
+        def joined(field: str, axis: int) -> Array | None:
+            parts = [getattr(c, field) for c in caches]
+            return None if parts[0] is None else jnp.concatenate(parts, axis=axis)
+
+        return KVCache(
+            joined("k", 1), joined("v", 1), joined("lengths", 0), joined("entry_mask", 1), joined("position_shift", 0)
         )
 
     def check_compatible(self, config: ModelConfig, batch: int) -> None:

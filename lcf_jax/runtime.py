@@ -1,4 +1,5 @@
-"""Process-level runtime settings for CPU hosts.
+"""Process-level runtime: the allocator setting for CPU hosts, and a count of XLA compilations
+(timings that must not include one check it: `compile_count`).
 
 XLA on CPU allocates every large buffer (caches, activations, a program's scratch space) with
 malloc and frees it after the call. glibc serves allocations above its mmap threshold with fresh
@@ -46,3 +47,28 @@ def tune_cpu_allocator() -> bool:
     ok &= mallopt(_M_TOP_PAD, 256 << 20) == 1  # grow the heap in 256 MiB steps
     _tuned = ok
     return ok
+
+
+# -- compilations ------------------------------------------------------------------------------------
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA program compiled
+_compiles = 0
+_counting = False
+
+
+def _count_compile(event: str, duration: float, **_) -> None:
+    global _compiles
+    if event == COMPILE_EVENT:
+        _compiles += 1
+
+
+def compile_count() -> int:
+    """How many XLA programs this process has compiled since the first call (from jax.monitoring):
+    a timed call that changed it paid for a compilation."""
+    global _counting
+    if not _counting:
+        import jax  # noqa: PLC0415 - the allocator settings above must not import jax
+
+        jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        _counting = True
+    return _compiles

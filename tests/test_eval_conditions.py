@@ -4,6 +4,10 @@ and the controls really change what the receiver gets."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_pair import tiny_text_models
@@ -12,6 +16,7 @@ from lcf_jax import communicate
 from lcf_jax.adapters import build
 from lcf_jax.data.qa import Question, sharer_spans
 from lcf_jax.eval import conditions as C
+from lcf_jax.runtime import compile_count
 from lcf_jax.sampling import generate, stop_token_ids
 
 QUESTIONS = [
@@ -129,3 +134,58 @@ def test_messages_written_in_two_passes_equal_one_generation(setup, monkeypatch)
         alone = generate(s, [C.sharer_text_prompt(s, q, False)], 12).token_lists(stop_tokens=stop_token_ids(s))[0]
         assert message == alone, q.id
     assert max(len(m) for m in written) > 7  # the second pass ran
+
+
+def test_rows_from_different_first_pass_batches_continue_together(setup, monkeypatch):
+    """With an 11-token first pass q0's message has stopped (its 11th token is the stop token) and
+    q1 (first batch) and q2 (second batch) are still writing: they continue as one batch of two,
+    and every message is still that of one generation per question."""
+    s = setup.sharer
+    monkeypatch.setattr(C, "FIRST_PASS_TOKENS", 11)
+    calls = []
+
+    def recording_generate(model, tokens, n, **kwargs):
+        calls.append((len(tokens), kwargs.get("cache") is not None))
+        return generate(model, tokens, n, **kwargs)
+
+    monkeypatch.setattr(C, "generate", recording_generate)
+    written = C.sharer_messages(setup, QUESTIONS, progress=False)
+    for q, message in zip(QUESTIONS, written):
+        alone = generate(s, [C.sharer_text_prompt(s, q, False)], 12).token_lists(stop_tokens=stop_token_ids(s))[0]
+        assert message == alone, q.id
+    assert len(written[0]) < 11 and len(written[1]) == len(written[2]) == 12  # the premise of this test
+    assert calls == [(2, False), (1, False), (2, True)]
+
+
+def test_latency_messages_written_in_parts_equal_one_generation_per_budget(setup):
+    """Latency writes up to the smallest budget, then continues from the cache: each budget's message
+    is what one generation of that many tokens writes, and the time of a larger budget includes the
+    smaller one's."""
+    s = setup.sharer
+    for q in QUESTIONS:
+        written = C._sharer_writes(dataclasses.replace(setup, budgets=(12, 3, 7)), q)
+        assert list(written) == [3, 7, 12]
+        for b, (tokens, _) in written.items():
+            alone = generate(s, [C.sharer_text_prompt(s, q, False)], b).token_lists(stop_tokens=stop_token_ids(s))[0]
+            assert tokens == alone, (q.id, b)
+        seconds = [t for _, t in written.values()]
+        assert 0 < seconds[0] <= seconds[1] <= seconds[2]
+
+
+def test_a_timed_call_that_compiled_runs_again(monkeypatch):
+    calls = []
+
+    @jax.jit
+    def double(x):
+        return 2 * x
+
+    def fn(width):
+        calls.append(width)
+        return double(jnp.ones((width,)))
+
+    before = compile_count()
+    out, seconds = C._timed(lambda: fn(17))  # a new shape: compiled in the first call, timed in the second
+    assert calls == [17, 17] and compile_count() > before and seconds > 0
+    assert float(out.sum()) == 34.0
+    C._timed(lambda: fn(17))  # compiled already: one call
+    assert calls == [17, 17, 17]

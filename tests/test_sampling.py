@@ -7,6 +7,7 @@ import pytest
 from hf_tiny import save_tiny, tiny_hf_model
 
 import lcf_jax
+from lcf_jax.kv import KVCache
 from lcf_jax.sampling import pad_batch, sample_logits
 
 
@@ -76,3 +77,22 @@ def test_pad_batch_and_bad_arguments(model):
         lcf_jax.generate(model, [[1, 2]], 0)
     with pytest.raises(ValueError, match="top_p"):
         lcf_jax.generate(model, [[1, 2]], 3, top_p=0.0)
+
+
+def test_concatenated_caches_continue_as_their_rows_alone(model):
+    """Rows of caches with different capacities, joined into one batch: each continues exactly as
+    it would in its own cache (the smaller capacity is zero-padded; lengths keep the rows apart)."""
+    short = lcf_jax.generate(model, [[5, 9, 13], [41, 3]], 4, stop_tokens=[], bucket=4)
+    long = lcf_jax.generate(model, [[8, 8, 8, 1, 60, 61, 62, 7, 7, 2, 9]], 4, stop_tokens=[], bucket=16)
+    assert short.cache.capacity != long.cache.capacity
+    joined = KVCache.concatenate([short.cache, long.cache])
+    assert joined.batch_size == 3 and joined.capacity == max(short.cache.capacity, long.cache.capacity)
+    last = [[int(r[-1])] for r in (*short.tokens, *long.tokens)]
+    together = lcf_jax.generate(model, last, 5, stop_tokens=[], cache=joined, bucket=1).tokens
+    alone = [
+        lcf_jax.generate(model, last[i : i + 1], 5, stop_tokens=[], cache=c.take_rows([j]), bucket=1).tokens[0]
+        for i, (c, j) in enumerate([(short.cache, 0), (short.cache, 1), (long.cache, 0)])
+    ]
+    np.testing.assert_array_equal(together, np.stack(alone))
+    with pytest.raises(ValueError, match="at least one cache"):
+        KVCache.concatenate([])

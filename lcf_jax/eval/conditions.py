@@ -23,6 +23,7 @@ answers are those of separate runs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -35,6 +36,7 @@ from lcf_jax.adapters import Adapter, Message
 from lcf_jax.data.qa import Question, receiver_messages, sharer_spans
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model
+from lcf_jax.runtime import compile_count
 from lcf_jax.sampling import chat_prompt, generate, stop_token_ids
 
 RECEIVER_ALONE = ("question_only", "half_context", "full_context")
@@ -44,6 +46,7 @@ TEXT_INSTRUCTION = (
     "Write down the facts below for them, briefly."
 )
 MESSAGE_LABEL = "From a teammate:"
+log = logging.getLogger(__name__)
 
 
 def text_condition(budget: int) -> str:
@@ -123,31 +126,48 @@ def _answers(model: Model, cache: KVCache | None, suffixes: Sequence[Sequence[in
 
 
 # The sharer's text messages are written in two passes: every row up to this many tokens, then only
-# the rows still writing, as a smaller batch. A batch decodes until its longest row stops, and on the
-# demo's questions messages run a median 74 tokens but a few run to the 200-token budget.
+# the rows still writing. A batch decodes until its longest row stops, and on the demo's questions
+# messages run a median 74 tokens but a few run to the 200-token budget.
 FIRST_PASS_TOKENS = 96
 
 
 def sharer_messages(setup: Setup, questions: Sequence[Question], progress: bool = True) -> list[list[int]]:
-    """The sharer's text message for each question: greedy, up to the largest budget."""
+    """The sharer's text message for each question: greedy, up to the largest budget.
+
+    The rows still writing after the first pass wait, with their cache rows, until a full batch of
+    them (from any first-pass batches) continues together; the last, smaller group is padded with
+    copies of a row to the same batch size, so every second-pass call has one shape."""
     sharer, out = setup.sharer, []
     longest, stops = max(setup.budgets), stop_token_ids(setup.sharer)
     first = min(longest, FIRST_PASS_TOKENS)
+    waiting: list[tuple[list[int], KVCache]] = []  # (question indices, their cache rows), oldest first
+
+    def continue_waiting(count: int) -> None:  # the oldest `count` waiting rows write on
+        index = [i for rows, _ in waiting for i in rows]
+        cache = KVCache.concatenate([c for _, c in waiting])
+        chosen = list(range(count)) + [0] * (setup.batch_size - count)  # padding rows: copies of row 0
+        # The cache holds each row's prompt and all but its last token: continue from that token.
+        rest = generate(
+            sharer, [out[index[j]][-1:] for j in chosen], longest - first, cache=cache.take_rows(chosen), bucket=1
+        )
+        for i, more in zip(index[:count], rest.token_lists(strip_stop=False)):
+            out[i] += more
+        waiting[:] = [(index[count:], cache.take_rows(list(range(count, len(index)))))] if len(index) > count else []
+
     for start in tqdm(range(0, len(questions), setup.batch_size), desc="sharer writes", disable=not progress or None):
         chunk = questions[start : start + setup.batch_size]
         prompts = [sharer_text_prompt(sharer, q, setup.sharer_sees_question) for q in chunk]
         gen = generate(sharer, prompts, first)
         rows = gen.token_lists(strip_stop=False)
+        out += rows
         going = [i for i, row in enumerate(rows) if len(row) == first and row[-1] not in stops]
         if going and longest > first:
-            # The cache holds each row's prompt and all but its last token: continue from that token.
-            rest = generate(
-                sharer, [rows[i][-1:] for i in going], longest - first, cache=gen.cache.take_rows(going), bucket=1
-            )
-            for i, more in zip(going, rest.token_lists(strip_stop=False)):
-                rows[i] += more
-        out += [row[:-1] if row and row[-1] in stops else row for row in rows]
-    return out
+            waiting.append(([start + i for i in going], gen.cache.take_rows(going)))
+            while sum(len(rows) for rows, _ in waiting) >= setup.batch_size:
+                continue_waiting(setup.batch_size)
+    if waiting:
+        continue_waiting(sum(len(rows) for rows, _ in waiting))
+    return [row[:-1] if row and row[-1] in stops else row for row in out]
 
 
 def latent_messages(setup: Setup, questions: Sequence[Question], progress: bool = True) -> Message:
@@ -296,10 +316,22 @@ def _message_bytes(adapter: Adapter) -> int:
 # -- latency -----------------------------------------------------------------------------------------
 
 
+# A timed call that compiled something (a shape met for the first time) runs again, up to this often.
+TIMING_RUNS = 3
+
+
 def _timed(fn: Callable[[], object]) -> tuple[object, float]:
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - start
+    """(fn()'s result, its wall seconds) from a call that compiled nothing: a call that compiled a
+    program is repeated (so `fn` must not consume its inputs)."""
+    for _ in range(TIMING_RUNS):
+        before = compile_count()
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        seconds = time.perf_counter() - start
+        if compile_count() == before:
+            return out, seconds
+    log.warning("a timed call still compiled after %d runs; its time includes compilation", TIMING_RUNS)
+    return out, seconds
 
 
 @dataclasses.dataclass
@@ -327,15 +359,45 @@ LATENCY_BUCKET = 32
 
 def _receiver_stage(model: Model, prompt: Sequence[int], max_tokens: int, apply=None) -> tuple[float, float]:
     """(seconds to the first token, seconds to the end of the answer) of the receiver reading
-    `prompt`, optionally rewriting its cache with `apply(cache)` before the last token."""
+    `prompt`, optionally rewriting its cache with `apply(cache)` before the last token. The answer
+    continues from the first token's cache, as a streaming receiver would."""
 
-    def run(n):
+    def first():
         cache = communicate.prefill(model, [list(prompt[:-1])], bucket=LATENCY_BUCKET)
         if apply is not None:
             cache = apply(cache)
-        return generate(model, [list(prompt[-1:])], n, cache=cache, bucket=1).tokens
+        gen = generate(model, [list(prompt[-1:])], 1, cache=cache, bucket=1)
+        return gen.tokens, gen.cache
 
-    return _timed(lambda: run(1))[1], _timed(lambda: run(max_tokens))[1]
+    (token, cache), first_s = _timed(first)
+    if max_tokens == 1 or int(token[0, 0]) in stop_token_ids(model):
+        return first_s, first_s
+    rest = lambda: generate(model, token[:, :1].tolist(), max_tokens - 1, cache=cache, bucket=1).tokens  # noqa: E731
+    return first_s, first_s + _timed(rest)[1]
+
+
+def _sharer_writes(setup: Setup, q: Question) -> dict[int, tuple[list[int], float]]:
+    """Each budget's message (token ids, without the stop token) and the sharer's seconds to write
+    it, at batch 1. One greedy message serves every budget: the sharer writes up to the smallest
+    budget, then continues from its cache up to the next (the time of a budget is the sum of its
+    parts), and a message that stopped is every larger budget's too."""
+    s, stops = setup.sharer, stop_token_ids(setup.sharer)
+    prompt = sharer_text_prompt(s, q, setup.sharer_sees_question)
+
+    def write(budget: int, written: list[int], cache: KVCache | None):
+        if cache is None:
+            gen = generate(s, [prompt], budget, bucket=LATENCY_BUCKET)
+        else:  # the cache holds all but the last token written: continue from that token
+            gen = generate(s, [written[-1:]], budget - len(written), cache=cache, bucket=1)
+        return gen.tokens, gen.lengths, gen.cache
+
+    out, tokens, seconds, cache = {}, [], 0.0, None
+    for b in sorted(setup.budgets):
+        if len(tokens) < b and not (tokens and tokens[-1] in stops):
+            (more, count, cache), part_s = _timed(lambda b=b, t=tokens, c=cache: write(b, t, c))
+            tokens, seconds = tokens + more[0, : count[0]].tolist(), seconds + part_s
+        out[b] = ([t for t in tokens[:b] if t not in stops], seconds)
+    return out
 
 
 def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timing]:
@@ -349,13 +411,10 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
     ):
         if name in setup.conditions():
             out[name] = Timing(0.0, *_receiver_stage(r, receiver_prompt(r, q, paragraphs), n_tok))
-    for b in setup.budgets:
-        prompt = sharer_text_prompt(s, q, setup.sharer_sees_question)
-        gen, sharer_s = _timed(lambda p=prompt, b=b: generate(s, [p], b, bucket=LATENCY_BUCKET).tokens)
-        message = decode(s, [t for t in gen[0].tolist() if t not in stop_token_ids(s)])
+    for b, (tokens, sharer_s) in _sharer_writes(setup, q).items():
         start = time.perf_counter()
-        text_prompt = receiver_prompt(r, q, q.receiver_context, message)
-        sharer_s += time.perf_counter() - start  # tokenising the message is part of the text path
+        text_prompt = receiver_prompt(r, q, q.receiver_context, decode(s, tokens))
+        sharer_s += time.perf_counter() - start  # detokenising and tokenising are part of the text path
         out[text_condition(b)] = Timing(sharer_s, *_receiver_stage(r, text_prompt, n_tok))
     if setup.adapter is None and setup.control is None:
         return out
@@ -389,17 +448,14 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
 
 
 def run_latency(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> dict[str, list[Timing]]:
-    """Stage times of every condition on each question, one question at a time. Every question
-    is run once untimed first, so that no compilation (of any padded length these questions need)
-    is counted."""
+    """Stage times of every condition on each question, one question at a time. A timed call that
+    compiled a program (a padded length met for the first time) is run again, so no compilation is
+    counted (`_timed`)."""
     if len(questions) < 2:
         raise ValueError("latency needs at least 2 questions (one is another's mismatched source)")
     times: dict[str, list[Timing]] = {}
     pairs = [(q, questions[(i + 1) % len(questions)]) for i, q in enumerate(questions)]
-    for timed, (q, other) in tqdm(
-        [(False, p) for p in pairs] + [(True, p) for p in pairs], desc="latency", disable=not progress or None
-    ):
+    for q, other in tqdm(pairs, desc="latency", disable=not progress or None):
         for name, t in time_question(setup, q, other).items():
-            if timed:
-                times.setdefault(name, []).append(t)
+            times.setdefault(name, []).append(t)
     return times
