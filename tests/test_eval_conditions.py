@@ -155,6 +155,11 @@ def test_rows_from_different_first_pass_batches_continue_together(setup, monkeyp
         assert message == alone, q.id
     assert len(written[0]) < 11 and len(written[1]) == len(written[2]) == 12  # the premise of this test
     assert calls == [(2, False), (1, False), (2, True)]
+    # Fewer questions than a batch: the second pass is padded to the questions' number, not the batch's.
+    calls.clear()
+    monkeypatch.setattr(C, "FIRST_PASS_TOKENS", 7)
+    C.sharer_messages(dataclasses.replace(setup, batch_size=8), QUESTIONS, progress=False)
+    assert calls == [(3, False), (3, True)]
 
 
 def test_latency_messages_written_in_parts_equal_one_generation_per_budget(setup):

@@ -144,7 +144,8 @@ def sharer_messages(setup: Setup, questions: Sequence[Question], progress: bool 
 
     The rows still writing after the first pass wait, with their cache rows, until a full batch of
     them (from any first-pass batches) continues together; the last, smaller group is padded with
-    copies of a row to the same batch size, so every second-pass call has one shape."""
+    copies of a row to the same size (a batch, or all the questions if fewer), so every second-pass
+    call has one shape."""
     sharer, out = setup.sharer, []
     longest, stops = max(setup.budgets), stop_token_ids(setup.sharer)
     first = min(longest, FIRST_PASS_TOKENS)
@@ -153,7 +154,8 @@ def sharer_messages(setup: Setup, questions: Sequence[Question], progress: bool 
     def continue_waiting(count: int) -> None:  # the oldest `count` waiting rows write on
         index = [i for rows, _ in waiting for i in rows]
         cache = KVCache.concatenate([c for _, c in waiting])
-        chosen = list(range(count)) + [0] * (setup.batch_size - count)  # padding rows: copies of row 0
+        width = min(setup.batch_size, len(questions))  # a first-pass batch's size
+        chosen = list(range(count)) + [0] * (width - count)  # padding rows: copies of row 0
         # The cache holds each row's prompt and all but its last token: continue from that token.
         rest = generate(
             sharer, [out[index[j]][-1:] for j in chosen], longest - first, cache=cache.take_rows(chosen), bucket=1
