@@ -112,41 +112,66 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_config(args: argparse.Namespace, run_dir: Path | None):
+    """--config, or the `config.json` the checkpoint's training run wrote."""
+    from lcf_jax.config import load_config  # noqa: PLC0415
+
+    if args.config:
+        return load_config(args.config)
+    saved = (
+        None if run_dir is None else next((p for p in (run_dir, run_dir.parent) if (p / "config.json").exists()), None)
+    )
+    if saved is None:
+        where = f"{args.checkpoint} records no config.json" if args.checkpoint else "there is no --checkpoint"
+        raise ValueError(
+            f"--config is needed: {where} (pass the experiment config, e.g. --config configs/smollm2_qa.py)"
+        )
+    print(f"models and options from {saved / 'config.json'}", file=sys.stderr, flush=True)
+    return load_config(saved / "config.json")
+
+
 def _eval(args: argparse.Namespace) -> int:
     _quiet_logs()
     from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
-    from lcf_jax.config import load_config  # noqa: PLC0415
-    from lcf_jax.data.qa import read_questions  # noqa: PLC0415
+    from lcf_jax.data.qa import load_questions  # noqa: PLC0415
     from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
     from lcf_jax.eval.conditions import Setup  # noqa: PLC0415
-    from lcf_jax.eval.run import evaluate  # noqa: PLC0415
+    from lcf_jax.eval.inputs import check_adapter_fits, fit_questions  # noqa: PLC0415
+    from lcf_jax.eval.record import check_fingerprint  # noqa: PLC0415
+    from lcf_jax.eval.run import evaluate, input_fingerprint  # noqa: PLC0415
     from lcf_jax.train.loop import build_models  # noqa: PLC0415
     from lcf_jax.train.workdir import adapter_dirs  # noqa: PLC0415
 
-    config = load_config(args.config)
-    adapter = control = None
-    if args.mcq:
-        return _eval_mcq(args, config)
+    # Every input is checked before a model loads: the checkpoint, the config, the data, the work directory.
+    adapter = control = run_dir = None
     if args.checkpoint:
         main, control_dir = adapter_dirs(args.checkpoint)
+        run_dir = main.parent
         adapter = load_adapter(main)
-        if adapter.spec.kind != "lcfx":
+        if adapter.spec.kind != "lcfx" and not args.mcq:
             raise ValueError(
                 f"{main} holds a {adapter.spec.kind!r} (shared-context) adapter: evaluate it on multiple choice with "
                 "--mcq FILE.jsonl|DIR; split-context questions need an lcfx adapter"
             )
-        control = (
-            load_adapter(control_dir or args.control, expect_kind="lcfx") if (control_dir or args.control) else None
-        )
-    sharer, receiver = build_models(config)
+        control_dir = control_dir or args.control
+        control = load_adapter(control_dir, expect_kind="lcfx") if control_dir and not args.mcq else None
+    config = _eval_config(args, run_dir)
+    if args.mcq:
+        return _eval_mcq(args, config)
     if args.data:
-        questions = list(read_questions(args.data))[: args.count or None]
+        questions = load_questions(args.data, limit=args.count or None)
         dataset = str(args.data)
     else:
         questions = generate_questions(
             "test", args.count or 300, seed=args.seed, variant=config.data.get("variant", "single_hop")
         )
         dataset = f"split_qa test, seed {args.seed}"
+    if not args.restart:
+        check_fingerprint(args.workdir, input_fingerprint(questions, args.latency_questions))
+    sharer, receiver = build_models(config)
+    for name, a in (("--checkpoint", adapter), ("the control", control)):
+        if a is not None:
+            check_adapter_fits(a, sharer, receiver, name)
     setup = Setup(
         sharer,
         receiver,
@@ -154,8 +179,12 @@ def _eval(args: argparse.Namespace) -> int:
         control=control,
         sharer_sees_question=config.data.sharer_sees_question,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+        progress="off" if args.no_progress else "auto",
+        progress_every=args.progress_every,
     )
-    meta = {"dataset": dataset, "config": args.config, "checkpoint": args.checkpoint}
+    questions = fit_questions(setup, questions, cap=args.max_tokens, truncate=args.truncate)
+    meta = {"dataset": dataset, "config": args.config or "config.json of the checkpoint", "checkpoint": args.checkpoint}
     evaluate(
         setup,
         questions,
@@ -163,6 +192,7 @@ def _eval(args: argparse.Namespace) -> int:
         latency_questions=args.latency_questions,
         meta=meta,
         progress=not args.no_progress,
+        restart=args.restart,
     )
     print((Path(args.workdir) / "results.md").read_text())  # the table and the stage times
     print(f"wrote {args.workdir}/results.json, results.md, f1_vs_ttft.png, answers.jsonl")
@@ -412,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--config",
-        required=True,
-        help="the experiment config the sharer and receiver come from: configs/NAME.py (required)",
+        default=None,
+        help="the experiment config the sharer and receiver come from: configs/NAME.py (default: the config.json "
+        "that `lcf train` or `lcf demo` wrote beside --checkpoint)",
     )
     evaluate.add_argument(
         "--checkpoint",
@@ -453,11 +484,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="questions timed one at a time for time to first token; 0 skips timing (default: 5)",
     )
-    evaluate.add_argument("--batch-size", type=int, default=32, help="questions per batch (default: 32)")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="the most questions in a batch (default: 32)")
     evaluate.add_argument(
-        "--workdir", required=True, help="the directory the results are written to (required; created if missing)"
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="the most KV-cache entries in a batch (rows x longest row): memory grows with it, about 45 KiB a token "
+        "for SmolLM2-135M (default: what fits 768 MiB of the larger model's cache, 17,476 for SmolLM2-135M)",
     )
-    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
+    evaluate.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="the longest sequence a question may put in a cache (prompt, longest message, answer); longer is an "
+        "error naming the questions, or cut with --truncate (default: the models' positions)",
+    )
+    evaluate.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut the paragraphs of questions that do not fit --max-tokens, with a warning, instead of stopping",
+    )
+    evaluate.add_argument(
+        "--workdir",
+        required=True,
+        help="the directory the results are written to (required; created if missing). Answers are recorded there "
+        "as each batch finishes: the same command again continues a run that was stopped",
+    )
+    evaluate.add_argument(
+        "--restart", action="store_true", help="discard what an earlier run recorded in --workdir and start afresh"
+    )
+    evaluate.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars and lines (default: shown)"
+    )
+    evaluate.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        help="seconds between progress lines when the output is not a terminal (default: 30)",
+    )
     evaluate.set_defaults(run=_eval)
 
     demo = sub.add_parser(

@@ -31,32 +31,41 @@ from lcf_jax.sampling import Generation, generate, pad_batch
 BUCKET = 64
 
 
-def _bucketed(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    return pad_batch(prompts, pad_id=pad_id, multiple=bucket)
-
-
-def prefill(model: Model, prompts: Sequence[Sequence[int]], *, bucket: int = BUCKET) -> KVCache:
-    """The cache of each prompt (rows right-padded to a multiple of `bucket` tokens)."""
-    tokens, lengths = _bucketed(prompts, model.config.pad_token_id or 0, bucket)
+def prefill(
+    model: Model, prompts: Sequence[Sequence[int]], *, bucket: int = BUCKET, chunk: int | None = None
+) -> KVCache:
+    """The cache of each prompt (rows right-padded to a multiple of `bucket` tokens). With `chunk`,
+    prompts longer than that many tokens are read `chunk` tokens at a time (`extend`), which bounds
+    the attention scores a call holds to `rows x heads x chunk x cache length`."""
+    if chunk is not None and max(len(p) for p in prompts) > chunk:
+        return extend(model, model.new_cache(len(prompts), 0), prompts, bucket=bucket, chunk=chunk)
+    tokens, lengths = pad_batch(prompts, pad_id=model.config.pad_token_id or 0, multiple=bucket)
     cache = model.new_cache(len(prompts), tokens.shape[1])
     _, cache = forward(model.graphdef, model.params, jnp.asarray(tokens), cache, jnp.asarray(lengths), last_only=True)
     return cache
 
 
-def extend(model: Model, cache: KVCache, rows: Sequence[Sequence[int]], *, bucket: int = 32) -> KVCache:
+def extend(
+    model: Model, cache: KVCache, rows: Sequence[Sequence[int]], *, bucket: int = 32, chunk: int | None = None
+) -> KVCache:
     """The cache with each row's tokens appended after what it holds (rows may be empty; the cache
-    grows as needed). Chunked prefill: equal to prefilling the concatenated prompts at once."""
+    grows as needed). Chunked prefill: equal to prefilling the concatenated prompts at once. With
+    `chunk`, rows are appended at most `chunk` tokens per call (the cache grows once, up front)."""
     if not any(rows):
         return cache
-    pad_id = model.config.pad_token_id or 0
-    width = -(-max(len(r) for r in rows) // bucket) * bucket
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    for out, row in zip(tokens, rows):
-        out[: len(row)] = row
-    needed = int(np.max(np.asarray(cache.lengths))) + width
+    longest = max(len(r) for r in rows)
+    step = longest if chunk is None else chunk
+    pieces = [[list(r[i : i + step]) for r in rows] for i in range(0, longest, step)]
+    widths = [-(-max(len(r) for r in piece) // bucket) * bucket for piece in pieces]
+    needed = int(np.max(np.asarray(cache.lengths))) + sum(widths)
     cache = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
-    lengths = jnp.asarray([len(r) for r in rows], jnp.int32)
-    _, cache = forward(model.graphdef, model.params, jnp.asarray(tokens), cache, lengths, last_only=True)
+    pad_id = model.config.pad_token_id or 0
+    for piece, width in zip(pieces, widths):
+        tokens = np.full((len(piece), width), pad_id, np.int32)
+        for out, row in zip(tokens, piece):
+            out[: len(row)] = row
+        lengths = jnp.asarray([len(r) for r in piece], jnp.int32)
+        _, cache = forward(model.graphdef, model.params, jnp.asarray(tokens), cache, lengths, last_only=True)
     return cache
 
 

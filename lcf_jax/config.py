@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,17 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 
 def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Load `configs/x.py` or `configs/x.py:arg`, then apply `key=value` overrides."""
+    """Load `configs/x.py`, `configs/x.py:arg` or the `config.json` a `lcf train` run wrote, then
+    apply `key=value` overrides."""
+    if str(spec).endswith(".json"):
+        try:
+            config = ml_collections.ConfigDict(json.loads(Path(spec).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read the config {spec} ({type(e).__name__}: {e})") from None
+        config.lock()
+        for override in overrides:
+            apply_override(config, override)
+        return config
     path_text, _, arg = str(spec).partition(":")
     path = Path(path_text)
     if not path.exists():

@@ -116,6 +116,7 @@ def demo(
         sharer_sees_question=config.data.sharer_sees_question,
         batch_size=e.batch_size,
         budgets=tuple(e.budgets),
+        progress="auto" if progress else "off",
     )
     meta: dict[str, Any] = {
         "dataset": f"split_qa test ({config.data.variant}), seed {e.seed}",

@@ -16,6 +16,7 @@ from lcf_jax import communicate
 from lcf_jax.adapters import build
 from lcf_jax.data.qa import Question, sharer_spans
 from lcf_jax.eval import conditions as C
+from lcf_jax.eval import latency as LAT
 from lcf_jax.runtime import compile_count
 from lcf_jax.sampling import generate, stop_token_ids
 
@@ -83,7 +84,7 @@ def test_message_budgets_are_prefixes():
 
 
 def test_latency_has_every_condition_and_positive_stage_times(setup):
-    times = C.run_latency(setup, QUESTIONS[:2], progress=False)
+    times = LAT.run_latency(setup, QUESTIONS[:2], progress=False)
     assert set(times) == set(setup.conditions())
     for name, rows in times.items():
         assert len(rows) == 2
@@ -168,7 +169,7 @@ def test_latency_messages_written_in_parts_equal_one_generation_per_budget(setup
     smaller one's."""
     s = setup.sharer
     for q in QUESTIONS:
-        written = C._sharer_writes(dataclasses.replace(setup, budgets=(12, 3, 7)), q)
+        written = LAT._sharer_writes(dataclasses.replace(setup, budgets=(12, 3, 7)), q)
         assert list(written) == [3, 7, 12]
         for b, (tokens, _) in written.items():
             alone = generate(s, [C.sharer_text_prompt(s, q, False)], b).token_lists(stop_tokens=stop_token_ids(s))[0]
@@ -189,8 +190,8 @@ def test_a_timed_call_that_compiled_runs_again(monkeypatch):
         return double(jnp.ones((width,)))
 
     before = compile_count()
-    out, seconds = C._timed(lambda: fn(17))  # a new shape: compiled in the first call, timed in the second
+    out, seconds = LAT._timed(lambda: fn(17))  # a new shape: compiled in the first call, timed in the second
     assert calls == [17, 17] and compile_count() > before and seconds > 0
     assert float(out.sum()) == 34.0
-    C._timed(lambda: fn(17))  # compiled already: one call
+    LAT._timed(lambda: fn(17))  # compiled already: one call
     assert calls == [17, 17, 17]

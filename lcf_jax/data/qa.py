@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,20 @@ def read_questions(path: str | os.PathLike) -> Iterator[Question]:
                     f"of strings) ({type(e).__name__}: {e})"
                 ) from None
             yield q
+
+
+def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[Question]:
+    """Every question of a JSONL file, all lines checked (then the first `limit`): a bad line or a
+    repeated id is a `DataError` naming it, raised before anything else is done with the file."""
+    questions = list(read_questions(path))
+    if not questions:
+        raise DataError(f"{path} holds no questions (one JSON object a line, format in lcf_jax/data/qa.py)")
+    repeated = sorted(qid for qid, n in Counter(q.id for q in questions).items() if n > 1)
+    if repeated:
+        raise DataError(
+            f"{path}: question ids must be unique (answers are recorded by id); repeated: {', '.join(repeated[:10])}"
+        )
+    return questions[:limit] if limit else questions
 
 
 def write_questions(questions: Sequence[Question], path: str | os.PathLike) -> Path:

@@ -18,26 +18,35 @@ is prefilled once and each condition extends it; the text budgets extend one ano
 budget's message is a prefix of the next's), and the latent conditions all start from the
 half-context cache. Chunked prefill equals one prefill (tests/test_models_parity.py), so the
 answers are those of separate runs.
+
+Memory: batches are cut by a token budget (`eval/batching.py`), not a row count, and prompts longer
+than `Setup.prefill_chunk` tokens are read in chunks, so a batch holds a bounded number of cache
+entries and attention scores whatever the data. Within a batch each condition's cache is dropped as
+soon as it has answered; at most the shared prefix, the cache being answered from and the copy
+`generate` decodes into are alive at once. Measured in BENCHMARKS.md (bench/eval_memory.py).
+
+Nothing is lost when a run dies: each finished message and each batch of answers goes to a
+`RunRecord` (`eval/record.py`), and work it already holds is not done again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from lcf_jax import communicate
 from lcf_jax.adapters import Adapter, Message
 from lcf_jax.data.qa import Question, receiver_messages, sharer_spans
+from lcf_jax.eval.batching import default_budget, token_batches
+from lcf_jax.eval.record import RunRecord
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model
-from lcf_jax.runtime import compile_count
-from lcf_jax.sampling import chat_prompt, generate, stop_token_ids
+from lcf_jax.progress import DEFAULT_EVERY, Progress
+from lcf_jax.sampling import Generation, chat_prompt, generate, stop_token_ids
 
 RECEIVER_ALONE = ("question_only", "half_context", "full_context")
 LATENT = ("lcfx", "mismatched_message", "empty_message", "receiver_only")
@@ -46,7 +55,6 @@ TEXT_INSTRUCTION = (
     "Write down the facts below for them, briefly."
 )
 MESSAGE_LABEL = "From a teammate:"
-log = logging.getLogger(__name__)
 
 
 def text_condition(budget: int) -> str:
@@ -65,8 +73,23 @@ class Setup:
     budgets: tuple[int, ...] = (50, 100, 150, 200)
     max_answer_tokens: int = 16
     sharer_sees_question: bool = False  # the same for the text message and the latent one
-    batch_size: int = 32
+    batch_size: int = 32  # the most rows in a batch
+    # The most cache entries in a batch (rows x its longest row); None: `batching.default_budget`.
+    batch_tokens: int | None = None
+    # Prompts longer than this are prefilled this many tokens at a time (bounds attention scores).
+    prefill_chunk: int = 512
     receiver_alone: tuple[str, ...] = RECEIVER_ALONE  # which of them to run (half_context always runs)
+    progress: str = "auto"  # "auto" (a bar on a terminal, log lines otherwise), "bar", "lines" or "off"
+    progress_every: float = DEFAULT_EVERY  # seconds between progress lines
+
+    def token_budget(self) -> int:
+        return self.batch_tokens or default_budget(self.sharer, self.receiver)
+
+    def progress_bar(
+        self, stage: str, total: int, *, unit: str = "questions", done: int = 0, enabled: bool = True
+    ) -> Progress:
+        mode = self.progress if enabled else "off"
+        return Progress(stage, total, unit=unit, mode=mode, every=self.progress_every, done=done)
 
     def conditions(self) -> list[str]:
         alone = [n for n in RECEIVER_ALONE if n in self.receiver_alone or n == "half_context"]
@@ -125,11 +148,25 @@ PROMPT_BUCKET = 16
 EXTEND_BUCKET = 8
 
 
-def _answers(model: Model, cache: KVCache | None, suffixes: Sequence[Sequence[int]], max_tokens: int) -> list[str]:
-    """Greedy answers continuing `cache` with each row's remaining prompt tokens (with no cache, the
-    rows are whole prompts)."""
-    bucket = PROMPT_BUCKET if cache is None else EXTEND_BUCKET
-    out = generate(model, [list(s) for s in suffixes], max_tokens, cache=cache, bucket=bucket)
+def _generate(setup: Setup, model: Model, prompts: Sequence[Sequence[int]], max_tokens: int) -> Generation:
+    """`generate` on whole prompts; prompts longer than `setup.prefill_chunk` are prefilled in chunks
+    first (all but their last token), so no call holds the scores of a whole long prompt."""
+    if max(len(p) for p in prompts) <= setup.prefill_chunk:
+        return generate(model, [list(p) for p in prompts], max_tokens, bucket=PROMPT_BUCKET)
+    cache = communicate.prefill(model, [p[:-1] for p in prompts], bucket=EXTEND_BUCKET, chunk=setup.prefill_chunk)
+    return generate(model, [p[-1:] for p in prompts], max_tokens, cache=cache, bucket=1)
+
+
+def _answers(
+    setup: Setup, cache: KVCache | None, suffixes: Sequence[Sequence[int]], max_tokens: int | None = None
+) -> list[str]:
+    """The receiver's greedy answers continuing `cache` with each row's remaining prompt tokens (with
+    no cache, the rows are whole prompts)."""
+    model, max_tokens = setup.receiver, max_tokens or setup.max_answer_tokens
+    if cache is None:
+        out = _generate(setup, model, suffixes, max_tokens)
+    else:
+        out = generate(model, [list(s) for s in suffixes], max_tokens, cache=cache, bucket=EXTEND_BUCKET)
     return [decode(model, row) for row in out.token_lists(stop_tokens=stop_token_ids(model))]
 
 
@@ -139,58 +176,103 @@ def _answers(model: Model, cache: KVCache | None, suffixes: Sequence[Sequence[in
 FIRST_PASS_TOKENS = 96
 
 
-def sharer_messages(setup: Setup, questions: Sequence[Question], progress: bool = True) -> list[list[int]]:
+def sharer_messages(
+    setup: Setup,
+    questions: Sequence[Question],
+    progress: bool = True,
+    *,
+    known: dict[int, list[int]] | None = None,
+    on_done=None,
+) -> list[list[int]]:
     """The sharer's text message for each question: greedy, up to the largest budget.
 
-    The rows still writing after the first pass wait, with their cache rows, until a full batch of
-    them (from any first-pass batches) continues together; the last, smaller group is padded with
-    copies of a row to the same size (a batch, or all the questions if fewer), so every second-pass
-    call has one shape."""
-    sharer, out = setup.sharer, []
+    `known` holds messages an earlier run wrote (by question index): they are not written again.
+    `on_done({index: tokens})` is called as messages finish. Batches go by prompt length under the
+    token budget. The rows still writing after the first pass wait, with their cache rows, until
+    a full batch of them (from any first-pass batches) continues together; the last, smaller group
+    is padded with copies of a row to the same size (a batch, or all the questions if fewer), so
+    every second-pass call has one shape."""
+    sharer, budget = setup.sharer, setup.token_budget()
     longest, stops = max(setup.budgets), stop_token_ids(setup.sharer)
     first = min(longest, FIRST_PASS_TOKENS)
+    out: list[list[int] | None] = [None] * len(questions)
+    for i, tokens in (known or {}).items():
+        out[i] = list(tokens)
+    todo = [i for i in range(len(questions)) if out[i] is None]
+    prompts = {i: sharer_text_prompt(sharer, questions[i], setup.sharer_sees_question) for i in todo}
+    cost = {i: len(prompts[i]) + longest for i in todo}
     waiting: list[tuple[list[int], KVCache]] = []  # (question indices, their cache rows), oldest first
+    bar = setup.progress_bar(
+        "sharer writes", len(questions), unit="messages", done=len(questions) - len(todo), enabled=progress
+    )
 
-    def continue_waiting(count: int) -> None:  # the oldest `count` waiting rows write on
+    def finish(rows: dict[int, list[int]]) -> None:
+        rows = {i: row[:-1] if row and row[-1] in stops else row for i, row in rows.items()}
+        for i, row in rows.items():
+            out[i] = row
+        if on_done is not None:
+            on_done(rows)
+        bar.update(len(rows))
+
+    def second_pass_rows() -> int:  # how many waiting rows continue together
+        largest = max(cost[i] for rows, _ in waiting for i in rows)
+        return max(1, min(setup.batch_size, budget // largest, len(questions)))
+
+    def continue_waiting(count: int, width: int) -> None:  # the oldest `count` waiting rows write on
         index = [i for rows, _ in waiting for i in rows]
         cache = KVCache.concatenate([c for _, c in waiting])
-        width = min(setup.batch_size, len(questions))  # a first-pass batch's size
         chosen = list(range(count)) + [0] * (width - count)  # padding rows: copies of row 0
         # The cache holds each row's prompt and all but its last token: continue from that token.
+        partial = {i: written[i] for i in index[:count]}
         rest = generate(
-            sharer, [out[index[j]][-1:] for j in chosen], longest - first, cache=cache.take_rows(chosen), bucket=1
+            sharer, [partial[index[j]][-1:] for j in chosen], longest - first, cache=cache.take_rows(chosen), bucket=1
         )
-        for i, more in zip(index[:count], rest.token_lists(strip_stop=False)):
-            out[i] += more
+        finish({i: partial[i] + more for i, more in zip(index[:count], rest.token_lists(strip_stop=False))})
         waiting[:] = [(index[count:], cache.take_rows(list(range(count, len(index)))))] if len(index) > count else []
 
-    for start in tqdm(range(0, len(questions), setup.batch_size), desc="sharer writes", disable=not progress or None):
-        chunk = questions[start : start + setup.batch_size]
-        prompts = [sharer_text_prompt(sharer, q, setup.sharer_sees_question) for q in chunk]
-        gen = generate(sharer, prompts, first, bucket=PROMPT_BUCKET)
+    written: dict[int, list[int]] = {}  # first-pass tokens of the rows still writing
+    for batch in token_batches([cost[i] for i in todo], budget, setup.batch_size):
+        index = [todo[j] for j in batch]
+        gen = _generate(setup, sharer, [prompts[i] for i in index], first)
         rows = gen.token_lists(strip_stop=False)
-        out += rows
-        going = [i for i, row in enumerate(rows) if len(row) == first and row[-1] not in stops]
-        if going and longest > first:
-            waiting.append(([start + i for i in going], gen.cache.take_rows(going)))
-            while sum(len(rows) for rows, _ in waiting) >= setup.batch_size:
-                continue_waiting(setup.batch_size)
+        going = [j for j, row in enumerate(rows) if len(row) == first and row[-1] not in stops and longest > first]
+        finish({index[j]: row for j, row in enumerate(rows) if j not in going})
+        if going:
+            written.update({index[j]: rows[j] for j in going})
+            waiting.append(([index[j] for j in going], gen.cache.take_rows(going)))
+        del gen
+        while waiting and sum(len(rows) for rows, _ in waiting) >= second_pass_rows():
+            size = second_pass_rows()
+            continue_waiting(size, size)
     if waiting:
-        continue_waiting(sum(len(rows) for rows, _ in waiting))
-    return [row[:-1] if row and row[-1] in stops else row for row in out]
+        continue_waiting(sum(len(rows) for rows, _ in waiting), second_pass_rows())
+    bar.close()
+    return out
 
 
-def latent_messages(setup: Setup, questions: Sequence[Question], progress: bool = True) -> Message:
-    """The LCF-X message of every question, `[N, Q, M, K, H]` (batched along questions)."""
-    parts = []
-    for start in tqdm(
-        range(0, len(questions), setup.batch_size), desc="sharer summarises", disable=not progress or None
-    ):
-        chunk = questions[start : start + setup.batch_size]
-        spans = [sharer_spans(q, setup.sharer.tokenizer, sees_question=setup.sharer_sees_question) for q in chunk]
-        m = communicate.send(setup.adapter, setup.sharer, spans, bucket=PROMPT_BUCKET)
+def latent_messages(
+    setup: Setup, questions: Sequence[Question], progress: bool = True, *, index: Sequence[int] | None = None
+) -> Message:
+    """The LCF-X message of every question (or of `questions[i]` for i in `index`), `[N, Q, M, K, H]`
+    (batched along questions, in the order asked)."""
+    index = list(range(len(questions)) if index is None else index)
+    spans = {
+        i: sharer_spans(questions[i], setup.sharer.tokenizer, sees_question=setup.sharer_sees_question) for i in index
+    }
+    cost = [sum(map(len, spans[i])) for i in index]
+    parts, order = [], []
+    bar = setup.progress_bar("sharer summarises", len(index), enabled=progress)
+    for batch in token_batches(cost, setup.token_budget(), setup.batch_size):
+        rows = [index[j] for j in batch]
+        m = communicate.send(setup.adapter, setup.sharer, [spans[i] for i in rows], bucket=PROMPT_BUCKET)
         parts.append(jax.tree.map(np.asarray, m))
-    return Message(np.concatenate([p.k for p in parts], axis=1), np.concatenate([p.v for p in parts], axis=1))
+        order += batch
+        bar.update(len(rows))
+    bar.close()
+    back = np.argsort(order)  # batches go by length: put the messages back in the order asked
+    return Message(
+        np.concatenate([p.k for p in parts], axis=1)[:, back], np.concatenate([p.v for p in parts], axis=1)[:, back]
+    )
 
 
 def _rows(message: Message, index: Sequence[int]) -> Message:
@@ -222,95 +304,155 @@ class Answers:
         return None
 
 
-def run_answers(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> Answers:
-    """Each condition's answer to every question (batched; greedy)."""
+def receiver_cost(setup: Setup, q: Question, text: Sequence[int]) -> int:
+    """Cache entries a question takes in the receiver batch: its longest prompt (full context, or
+    its facts with the longest text message) plus the answer."""
+    r = setup.receiver
+    prompts = [receiver_prompt(r, q, q.receiver_context, decode(setup.sharer, text) if setup.budgets else None)]
+    if "full_context" in setup.conditions():
+        prompts.append(receiver_prompt(r, q, full_paragraphs(q)))
+    return max(map(len, prompts)) + setup.max_answer_tokens
+
+
+def run_answers(
+    setup: Setup, questions: Sequence[Question], *, progress: bool = True, record: RunRecord | None = None
+) -> Answers:
+    """Each condition's answer to every question (batched; greedy). With `record`, what it holds is
+    reused and each finished message and batch of answers is added to it as it finishes."""
     if len(questions) < 2 and setup.adapter is not None:
         raise ValueError("the mismatched-message control needs at least 2 questions")
-    r, budgets, n_tok = setup.receiver, tuple(sorted(setup.budgets)), setup.max_answer_tokens
+    record = record or RunRecord(None, {})
+    ids = [q.id for q in questions]
+    pending = [i for i, qid in enumerate(ids) if qid not in record.answers]
     wall, start_time = {}, time.perf_counter()
-    texts = sharer_messages(setup, questions, progress) if budgets else [[] for _ in questions]
+    # Only the unanswered questions need their messages; answered ones have theirs in the record.
+    known = {i: record.messages[ids[i]] for i in range(len(questions)) if ids[i] in record.messages}
+    if setup.budgets:
+        need = [i for i in pending if i not in known]
+        written = (
+            sharer_messages(
+                setup,
+                [questions[i] for i in need],
+                progress,
+                on_done=lambda rows: record.add_messages({ids[need[j]]: t for j, t in rows.items()}),
+            )
+            if need
+            else []
+        )
+        known.update(zip(need, written))
+    texts = {i: known.get(i, []) for i in range(len(questions))}
     wall["sharer_writes"], start_time = time.perf_counter() - start_time, time.perf_counter()
     # A receiver-conditioned pool reads the receiver's cache too: its messages are made per batch.
     conditioned = setup.adapter is not None and setup.adapter.spec.receiver_conditioned
-    messages = latent_messages(setup, questions, progress) if setup.adapter is not None and not conditioned else None
+    messages, message_row = None, {}
+    if setup.adapter is not None and not conditioned and pending:
+        # Each pending question's own message and the one it gets as the mismatched control.
+        needed = sorted({j for i in pending for j in (i, (i + 1) % len(questions))})
+        messages = latent_messages(setup, questions, progress, index=needed)
+        message_row = {j: k for k, j in enumerate(needed)}
     wall["sharer_summarises"], start_time = time.perf_counter() - start_time, time.perf_counter()
-    answers: dict[str, list[str]] = {name: [""] * len(questions) for name in setup.conditions()}
-
-    def put(name: str, values: Sequence[str]) -> None:  # the current batch's answers, by question
-        for i, value in zip(index, values):
-            answers[name][i] = value
-
-    # Batches of questions whose text messages are about as long: a batch's text prompts pad to its
-    # longest message, so mixing 20- and 200-token messages would prefill mostly padding.
-    order = sorted(range(len(questions)), key=lambda i: len(texts[i]))
-    bar = tqdm(total=len(questions), desc="receiver answers", disable=not progress or None)
-    for start in range(0, len(questions), setup.batch_size):
-        index = order[start : start + setup.batch_size]
-        chunk = [questions[i] for i in index]
-        if "question_only" in answers:  # the receiver alone, with nothing but the question
-            put("question_only", _answers(r, None, [receiver_prompt(r, q, []) for q in chunk], n_tok))
-        half = [receiver_prompt(r, q, q.receiver_context) for q in chunk]
-        # The full context lists the receiver's paragraphs first, so it shares their prefill too.
-        full = [receiver_prompt(r, q, full_paragraphs(q)) for q in chunk] if "full_context" in answers else None
-        text = {
-            b: [
-                receiver_prompt(r, q, q.receiver_context, decode(setup.sharer, texts[i][:b]))
-                for q, i in zip(chunk, index)
+    costs = [receiver_cost(setup, questions[i], texts[i]) for i in pending]
+    bar = setup.progress_bar("receiver answers", len(questions), done=len(questions) - len(pending), enabled=progress)
+    names = setup.conditions()
+    for batch in token_batches(costs, setup.token_budget(), setup.batch_size):
+        index = [pending[j] for j in batch]
+        got = _answer_batch(setup, questions, index, [texts[i] for i in index], messages, message_row)
+        record.add_answers(
+            [
+                {"id": ids[i], "answers": list(questions[i].answers), "message": decode(setup.sharer, texts[i])}
+                | {name: got[name][k] for name in names}
+                for k, i in enumerate(index)
             ]
-            for b in budgets
-        }
-        chain = [half, *(text[b] for b in budgets), *([full] if full else [])]
-        # Every prompt of a row starts with the same tokens (instruction, the receiver's facts):
-        # prefill them once. Each prompt keeps at least its last token to continue from.
-        base_len = [
-            max(1, min(_common_prefix([c[row] for c in chain]), *(len(c[row]) - 1 for c in chain)))
-            for row in range(len(chunk))
-        ]
-        base = communicate.prefill(r, [p[:n] for p, n in zip(half, base_len)], bucket=EXTEND_BUCKET)
-        # half_context and the latent conditions: the cache of the half prompt minus its last token.
-        half_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(half, base_len)], bucket=EXTEND_BUCKET)
-        lasts = [p[-1:] for p in half]
-        put("half_context", _answers(r, half_cache, lasts, n_tok))
-        if full:
-            full_cache = communicate.extend(r, base, [p[n:-1] for p, n in zip(full, base_len)], bucket=EXTEND_BUCKET)
-            put("full_context", _answers(r, full_cache, [p[-1:] for p in full], n_tok))
-        if setup.adapter is not None:
-            others = [(i + 1) % len(questions) for i in index]
-            if conditioned:
-                own, other = (
-                    _send_conditioned(setup, [questions[i] for i in rows], half_cache) for rows in (index, others)
-                )
-            else:
-                own, other = _rows(messages, index), _rows(messages, others)
-            for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", own.zeros_like())):
-                fused = communicate.receive(setup.adapter, msg, half_cache)
-                put(name, _answers(r, fused, lasts, n_tok))
-        if setup.control is not None:
-            zeros = setup.control.empty_message(len(chunk))
-            put("receiver_only", _answers(r, communicate.receive(setup.control, zeros, half_cache), lasts, n_tok))
-        # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
-        cache, done = base, base_len
-        for k, b in enumerate(budgets, start=1):
-            if k > 1 and text[b] == text[budgets[k - 2]]:
-                # Every message of this batch fits the smaller budget: the same prompts, so the same
-                # (greedy) answers, and so for every larger budget. Batches go by message length,
-                # so this is most batches for the larger budgets.
-                for larger in budgets[k - 1 :]:
-                    put(text_condition(larger), [answers[text_condition(budgets[k - 2])][i] for i in index])
-                break
-            later = chain[k : 1 + len(budgets)]  # this budget and the larger ones (not full_context)
-            stem = [
-                max(done[row], min(_common_prefix([c[row] for c in later]), len(text[b][row]) - 1))
-                for row in range(len(chunk))
-            ]
-            cache = communicate.extend(r, cache, [p[d:e] for p, d, e in zip(text[b], done, stem)], bucket=EXTEND_BUCKET)
-            put(text_condition(b), _answers(r, cache, [p[e:] for p, e in zip(text[b], stem)], n_tok))
-            done = stem
-        bar.update(len(chunk))
+        )
+        bar.update(len(index), f"{len(names)} conditions each")
     bar.close()
     wall["receiver_answers"] = time.perf_counter() - start_time
+    by_condition = {name: [record.answers[qid][name] for qid in ids] for name in names}
     latent_bytes = None if setup.adapter is None else _message_bytes(setup.adapter)
-    return Answers(answers, texts, latent_bytes, wall)
+    return Answers(by_condition, [texts[i] for i in range(len(questions))], latent_bytes, wall)
+
+
+def _answer_batch(
+    setup: Setup,
+    questions: Sequence[Question],
+    index: Sequence[int],
+    texts: Sequence[Sequence[int]],
+    messages: Message | None,
+    message_row: dict[int, int],
+) -> dict[str, list[str]]:
+    """Every condition's answers for the questions `index` (their text messages `texts`). Caches are
+    dropped as soon as their condition has answered."""
+    r, budgets, chunk = setup.receiver, tuple(sorted(setup.budgets)), setup.prefill_chunk
+    answers: dict[str, list[str]] = {}
+    chunk_q = [questions[i] for i in index]
+    if "question_only" in setup.conditions():  # the receiver alone, with nothing but the question
+        answers["question_only"] = _answers(setup, None, [receiver_prompt(r, q, []) for q in chunk_q])
+    half = [receiver_prompt(r, q, q.receiver_context) for q in chunk_q]
+    # The full context lists the receiver's paragraphs first, so it shares their prefill too.
+    full = (
+        [receiver_prompt(r, q, full_paragraphs(q)) for q in chunk_q] if "full_context" in setup.conditions() else None
+    )
+    text = {
+        b: [receiver_prompt(r, q, q.receiver_context, decode(setup.sharer, t[:b])) for q, t in zip(chunk_q, texts)]
+        for b in budgets
+    }
+    chain = [half, *(text[b] for b in budgets), *([full] if full else [])]
+    # Every prompt of a row starts with the same tokens (instruction, the receiver's facts):
+    # prefill them once. Each prompt keeps at least its last token to continue from.
+    base_len = [
+        max(1, min(_common_prefix([c[row] for c in chain]), *(len(c[row]) - 1 for c in chain)))
+        for row in range(len(chunk_q))
+    ]
+    base = communicate.prefill(r, [p[:n] for p, n in zip(half, base_len)], bucket=EXTEND_BUCKET, chunk=chunk)
+    # half_context and the latent conditions: the cache of the half prompt minus its last token.
+    half_cache = communicate.extend(
+        r, base, [p[n:-1] for p, n in zip(half, base_len)], bucket=EXTEND_BUCKET, chunk=chunk
+    )
+    lasts = [p[-1:] for p in half]
+    answers["half_context"] = _answers(setup, half_cache, lasts)
+    if setup.adapter is not None:
+        n = len(questions)
+        others = [(i + 1) % n for i in index]
+        if setup.adapter.spec.receiver_conditioned:
+            own, other = (
+                _send_conditioned(setup, [questions[i] for i in rows], half_cache) for rows in (index, others)
+            )
+        else:
+            own, other = (_rows(messages, [message_row[i] for i in rows]) for rows in (index, others))
+        for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", own.zeros_like())):
+            answers[name] = _answers(setup, communicate.receive(setup.adapter, msg, half_cache), lasts)
+    if setup.control is not None:
+        zeros = setup.control.empty_message(len(index))
+        answers["receiver_only"] = _answers(setup, communicate.receive(setup.control, zeros, half_cache), lasts)
+    del half_cache
+    if full:
+        full_cache = communicate.extend(
+            r, base, [p[n:-1] for p, n in zip(full, base_len)], bucket=EXTEND_BUCKET, chunk=chunk
+        )
+        answers["full_context"] = _answers(setup, full_cache, [p[-1:] for p in full])
+        del full_cache
+    # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
+    cache, done = base, base_len
+    del base
+    for k, b in enumerate(budgets, start=1):
+        if k > 1 and text[b] == text[budgets[k - 2]]:
+            # Every message of this batch fits the smaller budget: the same prompts, so the same
+            # (greedy) answers, and so for every larger budget. Batches go by length, so this is
+            # most batches for the larger budgets.
+            for larger in budgets[k - 1 :]:
+                answers[text_condition(larger)] = answers[text_condition(budgets[k - 2])]
+            break
+        later = chain[k : 1 + len(budgets)]  # this budget and the larger ones (not full_context)
+        stem = [
+            max(done[row], min(_common_prefix([c[row] for c in later]), len(text[b][row]) - 1))
+            for row in range(len(chunk_q))
+        ]
+        cache = communicate.extend(
+            r, cache, [p[d:e] for p, d, e in zip(text[b], done, stem)], bucket=EXTEND_BUCKET, chunk=chunk
+        )
+        answers[text_condition(b)] = _answers(setup, cache, [p[e:] for p, e in zip(text[b], stem)])
+        done = stem
+    return answers
 
 
 def _send_conditioned(setup: Setup, questions: Sequence[Question], receiver_cache: KVCache) -> Message:
@@ -321,151 +463,3 @@ def _send_conditioned(setup: Setup, questions: Sequence[Question], receiver_cach
 def _message_bytes(adapter: Adapter) -> int:
     """Bytes of one question's message (float32 keys and values of every slot and layer)."""
     return adapter.empty_message(1).nbytes
-
-
-# -- latency -----------------------------------------------------------------------------------------
-
-
-# A timed call that compiled something (a shape met for the first time) runs again, up to this often.
-TIMING_RUNS = 3
-
-
-def _timed(fn: Callable[[], object]) -> tuple[object, float]:
-    """(fn()'s result, its wall seconds) from a call that compiled nothing: a call that compiled a
-    program is repeated (so `fn` must not consume its inputs)."""
-    for _ in range(TIMING_RUNS):
-        before = compile_count()
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        seconds = time.perf_counter() - start
-        if compile_count() == before:
-            return out, seconds
-    log.warning("a timed call still compiled after %d runs; its time includes compilation", TIMING_RUNS)
-    return out, seconds
-
-
-@dataclasses.dataclass
-class Timing:
-    """Seconds per stage for one question: what the sharer does before anything is sent, then the
-    receiver up to its first answer token, and up to the end of its answer."""
-
-    sharer_s: float
-    receiver_first_s: float
-    receiver_answer_s: float
-
-    @property
-    def ttft_s(self) -> float:
-        return self.sharer_s + self.receiver_first_s
-
-    @property
-    def answer_s(self) -> float:
-        return self.sharer_s + self.receiver_answer_s
-
-
-# Prompts are padded to a multiple of this many tokens: fine enough that padding adds little to a
-# batch-1 prefill (128 nearly doubled a 140-token one), coarse enough to need few compiled shapes.
-LATENCY_BUCKET = 32
-
-
-def _receiver_stage(model: Model, prompt: Sequence[int], max_tokens: int, apply=None) -> tuple[float, float]:
-    """(seconds to the first token, seconds to the end of the answer) of the receiver reading
-    `prompt`, optionally rewriting its cache with `apply(cache)` before the last token. The answer
-    continues from the first token's cache, as a streaming receiver would."""
-
-    def first():
-        cache = communicate.prefill(model, [list(prompt[:-1])], bucket=LATENCY_BUCKET)
-        if apply is not None:
-            cache = apply(cache)
-        gen = generate(model, [list(prompt[-1:])], 1, cache=cache, bucket=1)
-        return gen.tokens, gen.cache
-
-    (token, cache), first_s = _timed(first)
-    if max_tokens == 1 or int(token[0, 0]) in stop_token_ids(model):
-        return first_s, first_s
-    rest = lambda: generate(model, token[:, :1].tolist(), max_tokens - 1, cache=cache, bucket=1).tokens  # noqa: E731
-    return first_s, first_s + _timed(rest)[1]
-
-
-def _sharer_writes(setup: Setup, q: Question) -> dict[int, tuple[list[int], float]]:
-    """Each budget's message (token ids, without the stop token) and the sharer's seconds to write
-    it, at batch 1. One greedy message serves every budget: the sharer writes up to the smallest
-    budget, then continues from its cache up to the next (the time of a budget is the sum of its
-    parts), and a message that stopped is every larger budget's too."""
-    s, stops = setup.sharer, stop_token_ids(setup.sharer)
-    prompt = sharer_text_prompt(s, q, setup.sharer_sees_question)
-
-    def write(budget: int, written: list[int], cache: KVCache | None):
-        if cache is None:
-            gen = generate(s, [prompt], budget, bucket=LATENCY_BUCKET)
-        else:  # the cache holds all but the last token written: continue from that token
-            gen = generate(s, [written[-1:]], budget - len(written), cache=cache, bucket=1)
-        return gen.tokens, gen.lengths, gen.cache
-
-    out, tokens, seconds, cache = {}, [], 0.0, None
-    for b in sorted(setup.budgets):
-        if len(tokens) < b and not (tokens and tokens[-1] in stops):
-            (more, count, cache), part_s = _timed(lambda b=b, t=tokens, c=cache: write(b, t, c))
-            tokens, seconds = tokens + more[0, : count[0]].tolist(), seconds + part_s
-        out[b] = ([t for t in tokens[:b] if t not in stops], seconds)
-    return out
-
-
-def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timing]:
-    """Every condition's stage times for one question at batch 1, from text to first token."""
-    r, s, n_tok = setup.receiver, setup.sharer, setup.max_answer_tokens
-    out = {}
-    for name, paragraphs in (
-        ("question_only", []),
-        ("half_context", q.receiver_context),
-        ("full_context", full_paragraphs(q)),
-    ):
-        if name in setup.conditions():
-            out[name] = Timing(0.0, *_receiver_stage(r, receiver_prompt(r, q, paragraphs), n_tok))
-    for b, (tokens, sharer_s) in _sharer_writes(setup, q).items():
-        start = time.perf_counter()
-        text_prompt = receiver_prompt(r, q, q.receiver_context, decode(s, tokens))
-        sharer_s += time.perf_counter() - start  # detokenising and tokenising are part of the text path
-        out[text_condition(b)] = Timing(sharer_s, *_receiver_stage(r, text_prompt, n_tok))
-    if setup.adapter is None and setup.control is None:
-        return out
-    half = receiver_prompt(r, q, q.receiver_context)
-    if setup.adapter is not None:
-        for name, source in (("lcfx", q), ("mismatched_message", other)):
-            spans = [sharer_spans(source, s.tokenizer, sees_question=setup.sharer_sees_question)]
-            if setup.adapter.spec.receiver_conditioned:  # the summary needs the receiver's cache first
-                sharer_s = 0.0
-                apply = lambda c, spans=spans: communicate.receive(  # noqa: E731
-                    setup.adapter,
-                    communicate.send(setup.adapter, s, spans, receiver_cache=c, bucket=LATENCY_BUCKET),
-                    c,
-                )
-            else:
-                message, sharer_s = _timed(
-                    lambda spans=spans: communicate.send(setup.adapter, s, spans, bucket=LATENCY_BUCKET)
-                )
-                apply = lambda cache, m=message: communicate.receive(setup.adapter, m, cache)  # noqa: E731
-            out[name] = Timing(sharer_s, *_receiver_stage(r, half, n_tok, apply))
-        zeros = setup.adapter.empty_message(1)
-        out["empty_message"] = Timing(
-            0.0, *_receiver_stage(r, half, n_tok, lambda c: communicate.receive(setup.adapter, zeros, c))
-        )
-    if setup.control is not None:
-        zeros = setup.control.empty_message(1)
-        out["receiver_only"] = Timing(
-            0.0, *_receiver_stage(r, half, n_tok, lambda c: communicate.receive(setup.control, zeros, c))
-        )
-    return out
-
-
-def run_latency(setup: Setup, questions: Sequence[Question], *, progress: bool = True) -> dict[str, list[Timing]]:
-    """Stage times of every condition on each question, one question at a time. A timed call that
-    compiled a program (a padded length met for the first time) is run again, so no compilation is
-    counted (`_timed`)."""
-    if len(questions) < 2:
-        raise ValueError("latency needs at least 2 questions (one is another's mismatched source)")
-    times: dict[str, list[Timing]] = {}
-    pairs = [(q, questions[(i + 1) % len(questions)]) for i, q in enumerate(questions)]
-    for q, other in tqdm(pairs, desc="latency", disable=not progress or None):
-        for name, t in time_question(setup, q, other).items():
-            times.setdefault(name, []).append(t)
-    return times

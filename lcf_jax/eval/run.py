@@ -1,18 +1,26 @@
 """`evaluate`: every condition on the same questions, scored, timed, tested against the best text
-condition, and written out (results.json, results.md, f1_vs_ttft.png, answers.jsonl)."""
+condition, and written out (results.json, results.md, f1_vs_ttft.png, answers.jsonl).
+
+The work directory records each finished batch (`eval/record.py`): rerunning the same evaluation on
+it continues where a killed run stopped and writes the results an uninterrupted run writes.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flax import nnx
+
 from lcf_jax.data.qa import Question
-from lcf_jax.eval.conditions import Answers, Setup, Timing, decode, run_answers, run_latency
+from lcf_jax.eval.conditions import Answers, Setup, run_answers
+from lcf_jax.eval.latency import Timing, run_latency
 from lcf_jax.eval.metrics import score
+from lcf_jax.eval.record import RunRecord, digest, params_digest, questions_digest
 from lcf_jax.eval.report import (
     ConditionResult,
     markdown_table,
@@ -22,6 +30,8 @@ from lcf_jax.eval.report import (
     write_results,
 )
 from lcf_jax.eval.significance import compare_to
+
+log = logging.getLogger("lcf_jax.eval")
 
 
 def _median_ms(values: Sequence[float]) -> float | None:
@@ -40,6 +50,31 @@ def stage_table(times: dict[str, list[Timing]]) -> str:
     return "\n".join(lines)
 
 
+def input_fingerprint(questions: Sequence[Question], latency_questions: int) -> dict[str, Any]:
+    """The part of a run's fingerprint known before any model loads (checked first by `lcf eval`)."""
+    return {
+        "questions": f"{len(questions)} questions, {questions_digest(questions)}",
+        "latency_questions": latency_questions,
+    }
+
+
+def fingerprint(setup: Setup, questions: Sequence[Question], latency_questions: int) -> dict[str, Any]:
+    """What a run evaluates: a rerun on the same work directory must match it to continue."""
+    adapters = {name: a for name, a in (("adapter", setup.adapter), ("control", setup.control)) if a is not None}
+    options = {
+        "conditions": setup.conditions(),
+        "budgets": list(setup.budgets),
+        "max_answer_tokens": setup.max_answer_tokens,
+        "sharer_sees_question": setup.sharer_sees_question,
+    }
+    return {
+        **input_fingerprint(questions, latency_questions),
+        "conditions and options": digest([options]),
+        "models": digest([repr(m.config), params_digest(m.params)] for m in (setup.sharer, setup.receiver)),
+        "adapters": digest([name, params_digest(nnx.state(a, nnx.Param))] for name, a in adapters.items()),
+    }
+
+
 def evaluate(
     setup: Setup,
     questions: Sequence[Question],
@@ -48,18 +83,26 @@ def evaluate(
     latency_questions: int = 5,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
+    restart: bool = False,
 ) -> list[ConditionResult]:
     """Run, score and report every condition of `setup` on `questions`; timings come from the
     first `latency_questions` questions run one at a time. Returns the results (also written to
     `workdir`: results.json, results.md with the table and the stage times, f1_vs_ttft.png,
-    answers.jsonl)."""
+    answers.jsonl). Work a killed run on `workdir` finished is reused (`restart=True` discards it)."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    answers: Answers = run_answers(setup, questions, progress=progress)
+    record = RunRecord(workdir, fingerprint(setup, questions, latency_questions), restart=restart)
+    if record.resumed:
+        log.info(
+            "continuing the evaluation in %s: %d of %d questions answered, %d timed",
+            workdir, len(record.answers), len(questions), len(record.latency),
+        )  # fmt: skip
+    answers: Answers = run_answers(setup, questions, progress=progress, record=record)
+    record.write_answers_in_order([q.id for q in questions])
     gold = [q.answers for q in questions]
     scores = {name: score(answers.by_condition[name], gold, clean=True) for name in setup.conditions()}
     start = time.perf_counter()
-    times = run_latency(setup, questions[: max(latency_questions, 2)], progress=progress) if latency_questions else {}
+    timed = questions[: max(latency_questions, 2)]
+    times = run_latency(setup, timed, progress=progress, record=record) if latency_questions else {}
     wall_s = {**answers.wall_s, "latency": time.perf_counter() - start}
     reference = reference_condition({name: s["f1_mean"] for name, s in scores.items()})
     results = [
@@ -96,9 +139,4 @@ def evaluate(
     (workdir / "results.md").write_text(f"{table}\n\n{stages}\n\n{walls}\n")
     if times:
         plot_f1_vs_ttft(results, workdir / "f1_vs_ttft.png", title=f"F1 vs time to first token (n={len(questions)})")
-    with (workdir / "answers.jsonl").open("w") as f:
-        for i, q in enumerate(questions):
-            row = {"id": q.id, "answers": list(q.answers), "message": decode(setup.sharer, answers.messages[i])}
-            row.update({name: answers.by_condition[name][i] for name in setup.conditions()})
-            f.write(json.dumps(row) + "\n")
     return results

@@ -9,7 +9,6 @@ ends; for a run that did not end, pass the experiment config it was trained with
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -39,14 +38,7 @@ ConfigLike = AdapterSpec | ml_collections.ConfigDict | str | os.PathLike
 
 def _experiment_config(config: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:
     """A ConfigDict, a `configs/NAME.py[:ARG]` file, or the `config.json` a `lcf train` run wrote."""
-    if isinstance(config, ml_collections.ConfigDict):
-        return config
-    if str(config).endswith(".json"):
-        try:
-            return ml_collections.ConfigDict(json.loads(Path(config).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read the training config {config} ({type(e).__name__}: {e})") from None
-    return load_config(config)
+    return config if isinstance(config, ml_collections.ConfigDict) else load_config(config)
 
 
 def spec_from_config(config: ConfigLike) -> AdapterSpec:
