@@ -69,7 +69,8 @@ from lcf_jax.adapters.io import load_adapter
 from lcf_jax.data.qa import sharer_spans
 from lcf_jax.data.split_qa import generate_questions
 from lcf_jax.demo import demo_config
-from lcf_jax.eval.conditions import Setup, decode, receiver_prompt, sharer_text_prompt, time_question
+from lcf_jax.eval.conditions import Setup, decode, receiver_prompt, sharer_text_prompt
+from lcf_jax.eval.latency import time_question
 from lcf_jax.eval.metrics import token_f1
 from lcf_jax.sampling import stop_token_ids
 from lcf_jax.train.loop import train
@@ -194,7 +195,7 @@ print("full context:", full_answer)
 # %% [markdown]
 # ## Answers and timings
 #
-# `lcf_jax.eval.conditions.time_question` times each condition for one question at batch 1, stage
+# `lcf_jax.eval.latency.time_question` times each condition for one question at batch 1, stage
 # by stage: what the sharer does before anything is sent (write the text, or prefill and summarise),
 # then the receiver up to its first answer token. It is run once first so that compilation is not
 # counted. F1 is SQuAD-style token overlap with the gold answer (the model answers in a sentence,

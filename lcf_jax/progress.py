@@ -46,8 +46,11 @@ class Progress:
             log.info("%s: started, %d %s%s", stage, total, unit, note)
 
     def update(self, n: int, detail: str = "") -> None:
+        """`n` more done; `detail` (e.g. the loss) is shown beside the bar or at the end of a line."""
         self.count += n
         if self.bar is not None:
+            if detail:
+                self.bar.set_postfix_str(detail, refresh=False)
             self.bar.update(n)
         elif self.mode == "lines" and time.perf_counter() - self.last >= self.every:
             self.last = time.perf_counter()

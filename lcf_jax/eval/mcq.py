@@ -14,7 +14,6 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from lcf_jax import communicate
 from lcf_jax.adapters import Adapter
@@ -24,6 +23,7 @@ from lcf_jax.data.mcq import mcq_prompt as mcq_text
 from lcf_jax.eval.metrics import letter_token_ids
 from lcf_jax.eval.significance import mcnemar_exact
 from lcf_jax.models.model import Model, forward
+from lcf_jax.progress import Progress
 from lcf_jax.sampling import chat_prompt
 
 
@@ -52,7 +52,8 @@ def run_mcq(
 ) -> dict[str, np.ndarray]:
     """Per condition, whether each item was answered right (`[n]` bool)."""
     correct: dict[str, list[bool]] = {name: [] for name in ("receiver", "sharer", *adapters)}
-    for start in tqdm(range(0, len(items), batch_size), desc="multiple choice", disable=not progress or None):
+    bar = Progress("multiple choice", len(items), mode="auto" if progress else "off")
+    for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         width = max(len(it.choices) for it in chunk)
         r_letters = letter_token_ids(receiver.tokenizer, width)
@@ -73,22 +74,23 @@ def run_mcq(
         s_alone = communicate.prefill(sharer, s_heads)
         s_letter_ids = np.tile(np.asarray(s_letters)[None], (len(chunk), 1))
         correct["sharer"] += list(pick(_letter_logits(sharer, s_alone, [x[0] for x in s_lasts], s_letter_ids)) == gold)
-        if not adapters:
-            continue
-        # The sharer's cache of the receiver's tokens (re-encoded when the tokenizers differ).
-        same_vocab = sharer.tokenizer.get_vocab() == receiver.tokenizer.get_vocab()
-        if same_vocab:
-            s_cache, mask = communicate.prefill(sharer, heads), None
-        else:
-            aligned, masks = align_batch(receiver.tokenizer, sharer.tokenizer, r_prompts)
-            s_cache = communicate.prefill(sharer, [a[:-1] for a in aligned])
-            mask = np.zeros((len(chunk), r_cache.capacity), bool)
-            for row, m in zip(mask, masks):
-                row[: len(m) - 1] = np.asarray(m[:-1], bool)
-        for name, adapter in adapters.items():
-            fused = communicate.fuse(adapter, s_cache, r_cache, mask)
-            scores = _letter_logits(receiver, fused, [x[0] for x in lasts], letters)
-            correct[name] += list(pick(scores) == gold)
+        if adapters:
+            # The sharer's cache of the receiver's tokens (re-encoded when the tokenizers differ).
+            same_vocab = sharer.tokenizer.get_vocab() == receiver.tokenizer.get_vocab()
+            if same_vocab:
+                s_cache, mask = communicate.prefill(sharer, heads), None
+            else:
+                aligned, masks = align_batch(receiver.tokenizer, sharer.tokenizer, r_prompts)
+                s_cache = communicate.prefill(sharer, [a[:-1] for a in aligned])
+                mask = np.zeros((len(chunk), r_cache.capacity), bool)
+                for row, m in zip(mask, masks):
+                    row[: len(m) - 1] = np.asarray(m[:-1], bool)
+            for name, adapter in adapters.items():
+                fused = communicate.fuse(adapter, s_cache, r_cache, mask)
+                scores = _letter_logits(receiver, fused, [x[0] for x in lasts], letters)
+                correct[name] += list(pick(scores) == gold)
+        bar.update(len(chunk))
+    bar.close()
     out = {name: np.asarray(v, bool) for name, v in correct.items()}
     out["oracle"] = out["receiver"] | out["sharer"]
     return out

@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
-from tqdm.auto import tqdm
 
 from lcf_jax.adapters import Adapter, AdapterSpec, make_spec
 from lcf_jax.adapters.io import save_adapter
@@ -29,6 +28,7 @@ from lcf_jax.data.synthetic import copy_task
 from lcf_jax.loading import load_model
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.model import Model
+from lcf_jax.progress import Progress
 from lcf_jax.sharding import describe, logical_spec, make_mesh, tree_shardings
 from lcf_jax.train.batch import Batch
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
@@ -268,9 +268,9 @@ def train(
             }
         )
 
-    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (progress and primary) or None)
+    bar = Progress("train", t.steps, unit="steps", mode="auto" if progress and primary else "off", done=start)
     last_time, tokens = time.perf_counter(), 0
-    metrics = {}
+    metrics, shown = {}, ""
     for step in range(start, t.steps):
         local = next(iterator)
         tokens += local.num_tokens * jax.process_count()
@@ -283,11 +283,10 @@ def train(
             values["tokens_per_second"] = tokens / max(now - last_time, 1e-9)
             last_time, tokens = now, 0
             metrics_log.write({"step": step + 1, **values})
-            shown = {"loss": f"{values['loss']:.4f}", "tok_s": f"{values['tokens_per_second']:.0f}"}
+            shown = f"loss {values['loss']:.4f}, {values['tokens_per_second']:.0f} tokens/s"
             if with_control:
-                shown["control_loss"] = f"{values['control_loss']:.4f}"
-            bar.set_postfix(shown)
-        bar.update(1)
+                shown += f", control loss {values['control_loss']:.4f}"
+        bar.update(1, shown)
     bar.close()
     if checkpointer.latest_step() != t.steps:
         checkpointer.save(t.steps, state, iterator.get_state(), force=True)
