@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def main() -> None:
     for row in ROWS:
         peaks[row["stage"]] = max(peaks.get(row["stage"], 0.0), row["rss_gb"])
     summary = [{"stage": k, "peak RSS GB": v} for k, v in peaks.items()]
+    # The kernel's high-water mark, including peaks inside a call that no sample above saw.
+    summary.append(
+        {"stage": "whole run (getrusage)", "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    )
     report(
         f"lcf eval memory by stage ({args.count} questions, {args.context}-token contexts, batch {args.batch_size})",
         summary,

@@ -1,11 +1,13 @@
 """Progress that shows wherever the output goes: a tqdm bar on a terminal, and log lines otherwise
 (a line when a stage starts, one every `every` seconds with the counts, one when it ends), so a run
-piped to a file says where it is."""
+piped to a file says where it is. The periodic line comes from a timer thread, so a stage whose
+units take minutes each still reports on time (with the counts so far)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 from tqdm.auto import tqdm
@@ -39,22 +41,32 @@ class Progress:
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.stage, self.total, self.unit, self.mode, self.every = stage, total, unit, mode, every
         self.count, self.resumed = done, done
-        self.start = self.last = time.perf_counter()
+        self.start = time.perf_counter()
         self.bar = tqdm(total=total, initial=done, desc=stage, unit=unit[:1]) if mode == "bar" else None
+        self.detail, self.closed = "", threading.Event()
         if mode == "lines":
             note = f" ({done} done by an earlier run)" if done else ""
             log.info("%s: started, %d %s%s", stage, total, unit, note)
+            if every > 0:
+                threading.Thread(target=self._every, daemon=True).start()
+
+    def _every(self) -> None:
+        while not self.closed.wait(self.every):
+            self._line()
+
+    def _line(self) -> None:
+        log.info("%s: %s%s", self.stage, self._counts(), f"; {self.detail}" if self.detail else "")
 
     def update(self, n: int, detail: str = "") -> None:
         """`n` more done; `detail` (e.g. the loss) is shown beside the bar or at the end of a line."""
         self.count += n
+        self.detail = detail or self.detail
         if self.bar is not None:
             if detail:
                 self.bar.set_postfix_str(detail, refresh=False)
             self.bar.update(n)
-        elif self.mode == "lines" and time.perf_counter() - self.last >= self.every:
-            self.last = time.perf_counter()
-            log.info("%s: %s%s", self.stage, self._counts(), f"; {detail}" if detail else "")
+        elif self.mode == "lines" and self.every <= 0:  # a line after every update
+            self._line()
 
     def _counts(self) -> str:
         elapsed = time.perf_counter() - self.start
@@ -65,6 +77,9 @@ class Progress:
         return text
 
     def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
         if self.bar is not None:
             self.bar.close()
         elif self.mode == "lines":

@@ -46,6 +46,7 @@ from lcf_jax.eval.record import RunRecord
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model
 from lcf_jax.progress import DEFAULT_EVERY, Progress
+from lcf_jax.runtime import release_free_memory
 from lcf_jax.sampling import Generation, chat_prompt, generate, stop_token_ids
 
 RECEIVER_ALONE = ("question_only", "half_context", "full_context")
@@ -167,7 +168,12 @@ def _answers(
         out = _generate(setup, model, suffixes, max_tokens)
     else:
         out = generate(model, [list(s) for s in suffixes], max_tokens, cache=cache, bucket=EXTEND_BUCKET)
-    return [decode(model, row) for row in out.token_lists(stop_tokens=stop_token_ids(model))]
+    answers = [decode(model, row) for row in out.token_lists(stop_tokens=stop_token_ids(model))]
+    del out
+    # Each condition's caches differ in size from the last one's: give their pages back before the
+    # next, or the heap grows by the holes (lcf_jax/runtime.py; 6.3 -> see BENCHMARKS.md).
+    release_free_memory()
+    return answers
 
 
 # The sharer's text messages are written in two passes: every row up to this many tokens, then only
@@ -205,48 +211,57 @@ def sharer_messages(
     bar = setup.progress_bar(
         "sharer writes", len(questions), unit="messages", done=len(questions) - len(todo), enabled=progress
     )
+    with bar:
 
-    def finish(rows: dict[int, list[int]]) -> None:
-        rows = {i: row[:-1] if row and row[-1] in stops else row for i, row in rows.items()}
-        for i, row in rows.items():
-            out[i] = row
-        if on_done is not None:
-            on_done(rows)
-        bar.update(len(rows))
+        def finish(rows: dict[int, list[int]]) -> None:
+            rows = {i: row[:-1] if row and row[-1] in stops else row for i, row in rows.items()}
+            for i, row in rows.items():
+                out[i] = row
+            if on_done is not None:
+                on_done(rows)
+            bar.update(len(rows))
 
-    def second_pass_rows() -> int:  # how many waiting rows continue together
-        largest = max(cost[i] for rows, _ in waiting for i in rows)
-        return max(1, min(setup.batch_size, budget // largest, len(questions)))
+        def second_pass_rows() -> int:  # how many waiting rows continue together
+            largest = max(cost[i] for rows, _ in waiting for i in rows)
+            return max(1, min(setup.batch_size, budget // largest, len(questions)))
 
-    def continue_waiting(count: int, width: int) -> None:  # the oldest `count` waiting rows write on
-        index = [i for rows, _ in waiting for i in rows]
-        cache = KVCache.concatenate([c for _, c in waiting])
-        chosen = list(range(count)) + [0] * (width - count)  # padding rows: copies of row 0
-        # The cache holds each row's prompt and all but its last token: continue from that token.
-        partial = {i: written[i] for i in index[:count]}
-        rest = generate(
-            sharer, [partial[index[j]][-1:] for j in chosen], longest - first, cache=cache.take_rows(chosen), bucket=1
-        )
-        finish({i: partial[i] + more for i, more in zip(index[:count], rest.token_lists(strip_stop=False))})
-        waiting[:] = [(index[count:], cache.take_rows(list(range(count, len(index)))))] if len(index) > count else []
+        def continue_waiting(count: int, width: int) -> None:  # the oldest `count` waiting rows write on
+            index = [i for rows, _ in waiting for i in rows]
+            cache = KVCache.concatenate([c for _, c in waiting])
+            chosen = list(range(count)) + [0] * (width - count)  # padding rows: copies of row 0
+            # The cache holds each row's prompt and all but its last token: continue from that token.
+            partial = {i: written[i] for i in index[:count]}
+            rest = generate(
+                sharer,
+                [partial[index[j]][-1:] for j in chosen],
+                longest - first,
+                cache=cache.take_rows(chosen),
+                bucket=1,
+            )
+            finish({i: partial[i] + more for i, more in zip(index[:count], rest.token_lists(strip_stop=False))})
+            waiting[:] = (
+                [(index[count:], cache.take_rows(list(range(count, len(index)))))] if len(index) > count else []
+            )
+            del cache, rest
+            release_free_memory()
 
-    written: dict[int, list[int]] = {}  # first-pass tokens of the rows still writing
-    for batch in token_batches([cost[i] for i in todo], budget, setup.batch_size):
-        index = [todo[j] for j in batch]
-        gen = _generate(setup, sharer, [prompts[i] for i in index], first)
-        rows = gen.token_lists(strip_stop=False)
-        going = [j for j, row in enumerate(rows) if len(row) == first and row[-1] not in stops and longest > first]
-        finish({index[j]: row for j, row in enumerate(rows) if j not in going})
-        if going:
-            written.update({index[j]: rows[j] for j in going})
-            waiting.append(([index[j] for j in going], gen.cache.take_rows(going)))
-        del gen
-        while waiting and sum(len(rows) for rows, _ in waiting) >= second_pass_rows():
-            size = second_pass_rows()
-            continue_waiting(size, size)
-    if waiting:
-        continue_waiting(sum(len(rows) for rows, _ in waiting), second_pass_rows())
-    bar.close()
+        written: dict[int, list[int]] = {}  # first-pass tokens of the rows still writing
+        for batch in token_batches([cost[i] for i in todo], budget, setup.batch_size):
+            index = [todo[j] for j in batch]
+            gen = _generate(setup, sharer, [prompts[i] for i in index], first)
+            rows = gen.token_lists(strip_stop=False)
+            going = [j for j, row in enumerate(rows) if len(row) == first and row[-1] not in stops and longest > first]
+            finish({index[j]: row for j, row in enumerate(rows) if j not in going})
+            if going:
+                written.update({index[j]: rows[j] for j in going})
+                waiting.append(([index[j] for j in going], gen.cache.take_rows(going)))
+            del gen
+            release_free_memory()  # the heap's holes between batches of other sizes (lcf_jax/runtime.py)
+            while waiting and sum(len(rows) for rows, _ in waiting) >= second_pass_rows():
+                size = second_pass_rows()
+                continue_waiting(size, size)
+        if waiting:
+            continue_waiting(sum(len(rows) for rows, _ in waiting), second_pass_rows())
     return out
 
 
@@ -262,13 +277,15 @@ def latent_messages(
     cost = [sum(map(len, spans[i])) for i in index]
     parts, order = [], []
     bar = setup.progress_bar("sharer summarises", len(index), enabled=progress)
-    for batch in token_batches(cost, setup.token_budget(), setup.batch_size):
-        rows = [index[j] for j in batch]
-        m = communicate.send(setup.adapter, setup.sharer, [spans[i] for i in rows], bucket=PROMPT_BUCKET)
-        parts.append(jax.tree.map(np.asarray, m))
-        order += batch
-        bar.update(len(rows))
-    bar.close()
+    with bar:
+        for batch in token_batches(cost, setup.token_budget(), setup.batch_size):
+            rows = [index[j] for j in batch]
+            m = communicate.send(setup.adapter, setup.sharer, [spans[i] for i in rows], bucket=PROMPT_BUCKET)
+            parts.append(jax.tree.map(np.asarray, m))
+            del m
+            release_free_memory()
+            order += batch
+            bar.update(len(rows))
     back = np.argsort(order)  # batches go by length: put the messages back in the order asked
     return Message(
         np.concatenate([p.k for p in parts], axis=1)[:, back], np.concatenate([p.v for p in parts], axis=1)[:, back]
@@ -353,19 +370,20 @@ def run_answers(
     wall["sharer_summarises"], start_time = time.perf_counter() - start_time, time.perf_counter()
     costs = [receiver_cost(setup, questions[i], texts[i]) for i in pending]
     bar = setup.progress_bar("receiver answers", len(questions), done=len(questions) - len(pending), enabled=progress)
-    names = setup.conditions()
-    for batch in token_batches(costs, setup.token_budget(), setup.batch_size):
-        index = [pending[j] for j in batch]
-        got = _answer_batch(setup, questions, index, [texts[i] for i in index], messages, message_row)
-        record.add_answers(
-            [
-                {"id": ids[i], "answers": list(questions[i].answers), "message": decode(setup.sharer, texts[i])}
-                | {name: got[name][k] for name in names}
-                for k, i in enumerate(index)
-            ]
-        )
-        bar.update(len(index), f"{len(names)} conditions each")
-    bar.close()
+    with bar:
+        names = setup.conditions()
+        for batch in token_batches(costs, setup.token_budget(), setup.batch_size):
+            index = [pending[j] for j in batch]
+            got = _answer_batch(setup, questions, index, [texts[i] for i in index], messages, message_row)
+            release_free_memory()
+            record.add_answers(
+                [
+                    {"id": ids[i], "answers": list(questions[i].answers), "message": decode(setup.sharer, texts[i])}
+                    | {name: got[name][k] for name in names}
+                    for k, i in enumerate(index)
+                ]
+            )
+            bar.update(len(index), f"{len(names)} conditions each")
     wall["receiver_answers"] = time.perf_counter() - start_time
     by_condition = {name: [record.answers[qid][name] for qid in ids] for name in names}
     latent_bytes = None if setup.adapter is None else _message_bytes(setup.adapter)

@@ -169,12 +169,12 @@ def run_latency(
     record = record or RunRecord(None, {})
     todo = [i for i, q in enumerate(questions) if q.id not in record.latency]
     bar = setup.progress_bar("latency", len(questions), done=len(questions) - len(todo), enabled=progress)
-    for i in todo:
-        q, other = questions[i], questions[(i + 1) % len(questions)]
-        row = {name: dataclasses.astuple(t) for name, t in time_question(setup, q, other).items()}
-        record.add_latency({"id": q.id, **row})
-        bar.update(1)
-    bar.close()
+    with bar:
+        for i in todo:
+            q, other = questions[i], questions[(i + 1) % len(questions)]
+            row = {name: dataclasses.astuple(t) for name, t in time_question(setup, q, other).items()}
+            record.add_latency({"id": q.id, **row})
+            bar.update(1)
     times: dict[str, list[Timing]] = {}
     for q in questions:
         for name, stages in record.latency[q.id].items():

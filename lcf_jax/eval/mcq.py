@@ -53,44 +53,46 @@ def run_mcq(
     """Per condition, whether each item was answered right (`[n]` bool)."""
     correct: dict[str, list[bool]] = {name: [] for name in ("receiver", "sharer", *adapters)}
     bar = Progress("multiple choice", len(items), mode="auto" if progress else "off")
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        width = max(len(it.choices) for it in chunk)
-        r_letters = letter_token_ids(receiver.tokenizer, width)
-        s_letters = letter_token_ids(sharer.tokenizer, width)
-        gold = np.array([it.answer for it in chunk])
-        valid = np.array([[i < len(it.choices) for i in range(width)] for it in chunk])
+    with bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            width = max(len(it.choices) for it in chunk)
+            r_letters = letter_token_ids(receiver.tokenizer, width)
+            s_letters = letter_token_ids(sharer.tokenizer, width)
+            gold = np.array([it.answer for it in chunk])
+            valid = np.array([[i < len(it.choices) for i in range(width)] for it in chunk])
 
-        def pick(scores: np.ndarray, valid: np.ndarray = valid) -> np.ndarray:
-            return np.argmax(np.where(valid, scores, -np.inf), axis=1)
+            def pick(scores: np.ndarray, valid: np.ndarray = valid) -> np.ndarray:
+                return np.argmax(np.where(valid, scores, -np.inf), axis=1)
 
-        r_prompts = [mcq_prompt(receiver, it) for it in chunk]
-        heads, lasts = communicate.split_last(r_prompts)
-        r_cache = communicate.prefill(receiver, heads)
-        letters = np.tile(np.asarray(r_letters)[None], (len(chunk), 1))
-        correct["receiver"] += list(pick(_letter_logits(receiver, r_cache, [x[0] for x in lasts], letters)) == gold)
-        s_prompts = [mcq_prompt(sharer, it) for it in chunk]
-        s_heads, s_lasts = communicate.split_last(s_prompts)
-        s_alone = communicate.prefill(sharer, s_heads)
-        s_letter_ids = np.tile(np.asarray(s_letters)[None], (len(chunk), 1))
-        correct["sharer"] += list(pick(_letter_logits(sharer, s_alone, [x[0] for x in s_lasts], s_letter_ids)) == gold)
-        if adapters:
-            # The sharer's cache of the receiver's tokens (re-encoded when the tokenizers differ).
-            same_vocab = sharer.tokenizer.get_vocab() == receiver.tokenizer.get_vocab()
-            if same_vocab:
-                s_cache, mask = communicate.prefill(sharer, heads), None
-            else:
-                aligned, masks = align_batch(receiver.tokenizer, sharer.tokenizer, r_prompts)
-                s_cache = communicate.prefill(sharer, [a[:-1] for a in aligned])
-                mask = np.zeros((len(chunk), r_cache.capacity), bool)
-                for row, m in zip(mask, masks):
-                    row[: len(m) - 1] = np.asarray(m[:-1], bool)
-            for name, adapter in adapters.items():
-                fused = communicate.fuse(adapter, s_cache, r_cache, mask)
-                scores = _letter_logits(receiver, fused, [x[0] for x in lasts], letters)
-                correct[name] += list(pick(scores) == gold)
-        bar.update(len(chunk))
-    bar.close()
+            r_prompts = [mcq_prompt(receiver, it) for it in chunk]
+            heads, lasts = communicate.split_last(r_prompts)
+            r_cache = communicate.prefill(receiver, heads)
+            letters = np.tile(np.asarray(r_letters)[None], (len(chunk), 1))
+            correct["receiver"] += list(pick(_letter_logits(receiver, r_cache, [x[0] for x in lasts], letters)) == gold)
+            s_prompts = [mcq_prompt(sharer, it) for it in chunk]
+            s_heads, s_lasts = communicate.split_last(s_prompts)
+            s_alone = communicate.prefill(sharer, s_heads)
+            s_letter_ids = np.tile(np.asarray(s_letters)[None], (len(chunk), 1))
+            correct["sharer"] += list(
+                pick(_letter_logits(sharer, s_alone, [x[0] for x in s_lasts], s_letter_ids)) == gold
+            )
+            if adapters:
+                # The sharer's cache of the receiver's tokens (re-encoded when the tokenizers differ).
+                same_vocab = sharer.tokenizer.get_vocab() == receiver.tokenizer.get_vocab()
+                if same_vocab:
+                    s_cache, mask = communicate.prefill(sharer, heads), None
+                else:
+                    aligned, masks = align_batch(receiver.tokenizer, sharer.tokenizer, r_prompts)
+                    s_cache = communicate.prefill(sharer, [a[:-1] for a in aligned])
+                    mask = np.zeros((len(chunk), r_cache.capacity), bool)
+                    for row, m in zip(mask, masks):
+                        row[: len(m) - 1] = np.asarray(m[:-1], bool)
+                for name, adapter in adapters.items():
+                    fused = communicate.fuse(adapter, s_cache, r_cache, mask)
+                    scores = _letter_logits(receiver, fused, [x[0] for x in lasts], letters)
+                    correct[name] += list(pick(scores) == gold)
+            bar.update(len(chunk))
     out = {name: np.asarray(v, bool) for name, v in correct.items()}
     out["oracle"] = out["receiver"] | out["sharer"]
     return out

@@ -269,25 +269,25 @@ def train(
         )
 
     bar = Progress("train", t.steps, unit="steps", mode="auto" if progress and primary else "off", done=start)
-    last_time, tokens = time.perf_counter(), 0
-    metrics, shown = {}, ""
-    for step in range(start, t.steps):
-        local = next(iterator)
-        tokens += local.num_tokens * jax.process_count()
-        batch = put_batch(local.micro_batches(t.micro_batches), mesh, jax.process_count())
-        state, metrics = step_fn(state, frozen, batch)
-        checkpointer.save(step + 1, state, iterator.get_state())
-        if (step + 1) % config.log_every == 0 or step + 1 == t.steps:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            values["tokens_per_second"] = tokens / max(now - last_time, 1e-9)
-            last_time, tokens = now, 0
-            metrics_log.write({"step": step + 1, **values})
-            shown = f"loss {values['loss']:.4f}, {values['tokens_per_second']:.0f} tokens/s"
-            if with_control:
-                shown += f", control loss {values['control_loss']:.4f}"
-        bar.update(1, shown)
-    bar.close()
+    with bar:
+        last_time, tokens = time.perf_counter(), 0
+        metrics, shown = {}, ""
+        for step in range(start, t.steps):
+            local = next(iterator)
+            tokens += local.num_tokens * jax.process_count()
+            batch = put_batch(local.micro_batches(t.micro_batches), mesh, jax.process_count())
+            state, metrics = step_fn(state, frozen, batch)
+            checkpointer.save(step + 1, state, iterator.get_state())
+            if (step + 1) % config.log_every == 0 or step + 1 == t.steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                values["tokens_per_second"] = tokens / max(now - last_time, 1e-9)
+                last_time, tokens = now, 0
+                metrics_log.write({"step": step + 1, **values})
+                shown = f"loss {values['loss']:.4f}, {values['tokens_per_second']:.0f} tokens/s"
+                if with_control:
+                    shown += f", control loss {values['control_loss']:.4f}"
+            bar.update(1, shown)
     if checkpointer.latest_step() != t.steps:
         checkpointer.save(t.steps, state, iterator.get_state(), force=True)
     checkpointer.wait()
