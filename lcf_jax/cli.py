@@ -432,10 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
         "paired tests against the best text condition) and the first --latency-questions are timed one at a "
         "time. Writes results.json, results.md, f1_vs_ttft.png and answers.jsonl to --workdir and prints the "
         "table.\n\n"
+        "Memory stays bounded whatever the data: batches hold at most --batch-tokens cache entries and long "
+        "prompts are read in chunks. Every input (the data file, all of it; the checkpoint; the config) is "
+        "checked before a model loads, and a question longer than the models can read is named (or cut, "
+        "with --truncate). Answers are recorded in --workdir as each batch finishes: after a crash or a kill, "
+        "the same command continues where it stopped.\n\n"
         "With --mcq, it scores shared-context multiple choice instead (the receiver, the sharer, their oracle "
         "and the --checkpoint's lcf or c2c adapter) and writes mcq.json. The models come from --config.",
         epilog=_examples(
-            "lcf eval --config configs/smollm2_qa.py --checkpoint lcf-demo --workdir lcf-eval",
+            "lcf eval --checkpoint lcf-demo --workdir lcf-eval",
             "lcf eval --config configs/smollm2_qa.py --checkpoint RUN --data my_questions.jsonl --workdir out",
             "lcf eval --config configs/paper_lcf.py --checkpoint RUN --mcq mmlu_redux.jsonl --workdir mcq-out",
         ),

@@ -187,67 +187,57 @@ def sharer_messages(
     questions: Sequence[Question],
     progress: bool = True,
     *,
-    known: dict[int, list[int]] | None = None,
     on_done=None,
 ) -> list[list[int]]:
     """The sharer's text message for each question: greedy, up to the largest budget.
 
-    `known` holds messages an earlier run wrote (by question index): they are not written again.
-    `on_done({index: tokens})` is called as messages finish. Batches go by prompt length under the
-    token budget. The rows still writing after the first pass wait, with their cache rows, until
-    a full batch of them (from any first-pass batches) continues together; the last, smaller group
-    is padded with copies of a row to the same size (a batch, or all the questions if fewer), so
-    every second-pass call has one shape."""
+    `on_done({index: tokens})` is called as messages finish (a run record keeps them). Batches go
+    by prompt length under the token budget. The rows still writing after the first pass wait, with
+    their cache rows, until a full batch of them (from any first-pass batches) continues together;
+    the last, smaller group is padded with copies of a row to the same size (a batch, or all the
+    questions if fewer), so every second-pass call has one shape."""
     sharer, budget = setup.sharer, setup.token_budget()
     longest, stops = max(setup.budgets), stop_token_ids(setup.sharer)
     first = min(longest, FIRST_PASS_TOKENS)
     out: list[list[int] | None] = [None] * len(questions)
-    for i, tokens in (known or {}).items():
-        out[i] = list(tokens)
-    todo = [i for i in range(len(questions)) if out[i] is None]
-    prompts = {i: sharer_text_prompt(sharer, questions[i], setup.sharer_sees_question) for i in todo}
-    cost = {i: len(prompts[i]) + longest for i in todo}
+    prompts = [sharer_text_prompt(sharer, q, setup.sharer_sees_question) for q in questions]
+    cost = [len(p) + longest for p in prompts]
     waiting: list[tuple[list[int], KVCache]] = []  # (question indices, their cache rows), oldest first
-    bar = setup.progress_bar(
-        "sharer writes", len(questions), unit="messages", done=len(questions) - len(todo), enabled=progress
-    )
+    bar = setup.progress_bar("sharer writes", len(questions), unit="messages", enabled=progress)
+
+    def finish(rows: dict[int, list[int]]) -> None:
+        rows = {i: row[:-1] if row and row[-1] in stops else row for i, row in rows.items()}
+        for i, row in rows.items():
+            out[i] = row
+        if on_done is not None:
+            on_done(rows)
+        bar.update(len(rows))
+
+    def second_pass_rows() -> int:  # how many waiting rows continue together
+        largest = max(cost[i] for rows, _ in waiting for i in rows)
+        return max(1, min(setup.batch_size, budget // largest, len(questions)))
+
+    def continue_waiting(count: int, width: int) -> None:  # the oldest `count` waiting rows write on
+        index = [i for rows, _ in waiting for i in rows]
+        cache = KVCache.concatenate([c for _, c in waiting])
+        chosen = list(range(count)) + [0] * (width - count)  # padding rows: copies of row 0
+        # The cache holds each row's prompt and all but its last token: continue from that token.
+        partial = {i: written[i] for i in index[:count]}
+        rest = generate(
+            sharer,
+            [partial[index[j]][-1:] for j in chosen],
+            longest - first,
+            cache=cache.take_rows(chosen),
+            bucket=1,
+        )
+        finish({i: partial[i] + more for i, more in zip(index[:count], rest.token_lists(strip_stop=False))})
+        waiting[:] = [(index[count:], cache.take_rows(list(range(count, len(index)))))] if len(index) > count else []
+        del cache, rest
+        release_free_memory()
+
+    written: dict[int, list[int]] = {}  # first-pass tokens of the rows still writing
     with bar:
-
-        def finish(rows: dict[int, list[int]]) -> None:
-            rows = {i: row[:-1] if row and row[-1] in stops else row for i, row in rows.items()}
-            for i, row in rows.items():
-                out[i] = row
-            if on_done is not None:
-                on_done(rows)
-            bar.update(len(rows))
-
-        def second_pass_rows() -> int:  # how many waiting rows continue together
-            largest = max(cost[i] for rows, _ in waiting for i in rows)
-            return max(1, min(setup.batch_size, budget // largest, len(questions)))
-
-        def continue_waiting(count: int, width: int) -> None:  # the oldest `count` waiting rows write on
-            index = [i for rows, _ in waiting for i in rows]
-            cache = KVCache.concatenate([c for _, c in waiting])
-            chosen = list(range(count)) + [0] * (width - count)  # padding rows: copies of row 0
-            # The cache holds each row's prompt and all but its last token: continue from that token.
-            partial = {i: written[i] for i in index[:count]}
-            rest = generate(
-                sharer,
-                [partial[index[j]][-1:] for j in chosen],
-                longest - first,
-                cache=cache.take_rows(chosen),
-                bucket=1,
-            )
-            finish({i: partial[i] + more for i, more in zip(index[:count], rest.token_lists(strip_stop=False))})
-            waiting[:] = (
-                [(index[count:], cache.take_rows(list(range(count, len(index)))))] if len(index) > count else []
-            )
-            del cache, rest
-            release_free_memory()
-
-        written: dict[int, list[int]] = {}  # first-pass tokens of the rows still writing
-        for batch in token_batches([cost[i] for i in todo], budget, setup.batch_size):
-            index = [todo[j] for j in batch]
+        for index in token_batches(cost, budget, setup.batch_size):
             gen = _generate(setup, sharer, [prompts[i] for i in index], first)
             rows = gen.token_lists(strip_stop=False)
             going = [j for j, row in enumerate(rows) if len(row) == first and row[-1] not in stops and longest > first]
