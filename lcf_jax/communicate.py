@@ -8,6 +8,11 @@ Different contexts (lcfx): the sharer prefills its own context and `send` summar
 spans into a `Message` (a fixed-size pytree, `message.nbytes` on the wire); the receiver prefills
 its own context and question, `receive` applies the message to that cache, and it answers.
 
+KV-cache messages (kind "kv", `lcf_jax/messages/kv.py`): the sharer prefills the receiver's
+opening and its own context and sends selected entries of its cache (`KVMessage`); the receiver
+prefills the same opening, `receive` places the entries after it, and the receiver reads the rest
+of its prompt (`extend`) and answers. Training-free when the two are one model.
+
 Several sharers into one receiver: `parallel` sums each sharer's residual against the same clean
 receiver cache; `sequential` applies them one after another.
 """
@@ -25,6 +30,8 @@ from flax import nnx
 from lcf_jax.adapters import Adapter, Message
 from lcf_jax.adapters.lcfx import spans_from_lengths, window_spans
 from lcf_jax.kv import KVCache
+from lcf_jax.messages import kv as kv_messages
+from lcf_jax.messages.kv import KVMessage
 from lcf_jax.models.model import CACHE_BLOCK, Model, forward
 from lcf_jax.sampling import Generation, generate, pad_batch
 
@@ -32,26 +39,47 @@ BUCKET = 64
 
 
 def prefill(
-    model: Model, prompts: Sequence[Sequence[int]], *, bucket: int = BUCKET, chunk: int | None = None
-) -> KVCache:
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    bucket: int = BUCKET,
+    chunk: int | None = None,
+    attention_mass: bool = False,
+):
     """The cache of each prompt (rows right-padded to a multiple of `bucket` tokens). With `chunk`,
     prompts longer than that many tokens are read `chunk` tokens at a time (`extend`), which bounds
-    the attention scores a call holds to `rows x heads x chunk x cache length`."""
+    the attention scores a call holds to `rows x heads x chunk x cache length`. With
+    `attention_mass`, returns `(cache, mass)`: the attention each entry received from the prompt's
+    tokens `[L, B, S]` (see `extend`)."""
     if chunk is not None and max(len(p) for p in prompts) > chunk:
-        return extend(model, model.new_cache(len(prompts), 0), prompts, bucket=bucket, chunk=chunk)
+        empty = model.new_cache(len(prompts), 0)
+        return extend(model, empty, prompts, bucket=bucket, chunk=chunk, attention_mass=attention_mass)
     tokens, lengths = pad_batch(prompts, pad_id=model.config.pad_token_id or 0, multiple=bucket)
     cache = model.new_cache(len(prompts), tokens.shape[1])
-    _, cache = forward(model.graphdef, model.params, jnp.asarray(tokens), cache, jnp.asarray(lengths), last_only=True)
-    return cache
+    _, cache, *mass = forward(
+        model.graphdef, model.params, jnp.asarray(tokens), cache, jnp.asarray(lengths), True, attention_mass
+    )
+    return (cache, mass[0]) if attention_mass else cache
 
 
 def extend(
-    model: Model, cache: KVCache, rows: Sequence[Sequence[int]], *, bucket: int = 32, chunk: int | None = None
-) -> KVCache:
+    model: Model,
+    cache: KVCache,
+    rows: Sequence[Sequence[int]],
+    *,
+    bucket: int = 32,
+    chunk: int | None = None,
+    attention_mass: bool = False,
+):
     """The cache with each row's tokens appended after what it holds (rows may be empty; the cache
     grows as needed). Chunked prefill: equal to prefilling the concatenated prompts at once. With
-    `chunk`, rows are appended at most `chunk` tokens per call (the cache grows once, up front)."""
+    `chunk`, rows are appended at most `chunk` tokens per call (the cache grows once, up front).
+    With `attention_mass`, returns `(cache, mass)`: the attention each cache entry received from
+    the appended tokens, per layer, summed over heads and tokens `[L, B, S]` (summed over chunks
+    too, so it equals one call's)."""
     if not any(rows):
+        if attention_mass:
+            return cache, jnp.zeros((cache.num_layers, cache.batch_size, cache.capacity), jnp.float32)
         return cache
     longest = max(len(r) for r in rows)
     step = longest if chunk is None else chunk
@@ -60,13 +88,18 @@ def extend(
     needed = int(np.max(np.asarray(cache.lengths))) + sum(widths)
     cache = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
     pad_id = model.config.pad_token_id or 0
+    total = 0.0
     for piece, width in zip(pieces, widths):
         tokens = np.full((len(piece), width), pad_id, np.int32)
         for out, row in zip(tokens, piece):
             out[: len(row)] = row
         lengths = jnp.asarray([len(r) for r in piece], jnp.int32)
-        _, cache = forward(model.graphdef, model.params, jnp.asarray(tokens), cache, lengths, last_only=True)
-    return cache
+        _, cache, *mass = forward(
+            model.graphdef, model.params, jnp.asarray(tokens), cache, lengths, True, attention_mass
+        )
+        if attention_mass:
+            total = total + mass[0]
+    return (cache, total) if attention_mass else cache
 
 
 def split_last(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[list[int]]]:
@@ -109,20 +142,44 @@ def fuse(adapter: Adapter, sharer_cache: KVCache, receiver_cache: KVCache, mask=
 
 
 def send(
-    adapter: Adapter,
+    adapter: Adapter | None,
     sharer: Model,
     contexts: Sequence[Sequence[Sequence[int]]],
     *,
     window: int | None = None,
     receiver_cache: KVCache | None = None,
     bucket: int = BUCKET,
-) -> Message:
+    kind: str = "lcfx",
+    opening: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    entries: int | float | None = None,
+    policy: str = kv_messages.DEFAULT_POLICY,
+    layers: Sequence[int] | None = None,
+    questions: Sequence[Sequence[int]] | None = None,
+    clip: bool = False,
+    chunk: int | None = None,
+) -> Message | KVMessage:
     """Different contexts: each row's context, given as a list of spans (paragraphs) of token ids, is
-    read by the sharer and summarised into a message. With `window`, the concatenated context is cut
-    into fixed windows of that many tokens instead of its paragraphs."""
+    read by the sharer and turned into a message.
+
+    kind "lcfx" (default): the adapter summarises the sharer's cache over the spans (with `window`,
+    over fixed windows of that many tokens instead of its paragraphs) into a `Message`.
+
+    kind "kv": selected entries of the sharer's own cache, a `KVMessage` (`lcf_jax/messages/kv.py`;
+    `adapter` is None when the receiver is the same model). The sharer reads `opening` (the
+    receiver's prompt up to where the context stands: one token list for every row, or one per
+    row) and then the context; it sends `entries` context entries per row and layer (None: all; a
+    count, or a fraction of each context), chosen by `policy` ("all", "attention", or "query", which
+    reads each row's `questions` tokens after the context), from `layers` (None: all). A count
+    larger than a context is an error unless `clip`. `chunk`: prefill long rows in pieces."""
     rows = [[t for span in row for t in span] for row in contexts]
     if any(not r for r in rows):
         raise ValueError("every sharer context needs at least one token")
+    if kind == "kv":
+        if adapter is not None:
+            raise ValueError("a KV message from the same model needs no adapter: pass adapter=None")
+        return _send_kv(sharer, rows, opening, entries, policy, layers, questions, clip, bucket, chunk)
+    if kind != "lcfx":
+        raise ValueError(f"kind must be 'lcfx' or 'kv', got {kind!r}")
     cache = prefill(sharer, rows, bucket=bucket)
     if window is None:
         span_ids, num_spans = spans_from_lengths([[len(s) for s in row if len(s)] for row in contexts], cache.capacity)
@@ -134,10 +191,91 @@ def send(
     return _summarize(graphdef, params, cache, jnp.asarray(span_ids), num_spans, receiver_cache)
 
 
-def receive(adapter: Adapter, message: Message, receiver_cache: KVCache) -> KVCache:
-    """Apply a message to the receiver's own cache (its length does not change)."""
+def _openings(opening, batch: int) -> list[list[int]]:
+    if opening is None:
+        raise ValueError(
+            "a KV message needs the opening the receiver reads before the context (opening=token ids, "
+            "e.g. its chat template up to the facts header): the entries are computed behind it"
+        )
+    if len(opening) and isinstance(opening[0], (int, np.integer)):
+        return [list(opening)] * batch
+    if len(opening) != batch:
+        raise ValueError(f"opening: one token list for every row, or one per row ({batch}), got {len(opening)}")
+    return [list(o) for o in opening]
+
+
+# Entry slots per row are rounded up to a multiple of this, so batches share compiled programs.
+ENTRY_BUCKET = 8
+
+
+def _send_kv(sharer, rows, opening, entries, policy, layers, questions, clip, bucket, chunk) -> KVMessage:
+    if policy not in kv_messages.POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(kv_messages.POLICIES)}, got {policy!r}")
+    if policy == "all" and entries is not None:
+        raise ValueError("policy 'all' sends every context entry: leave entries=None")
+    if policy == "query" and (questions is None or len(questions) != len(rows) or not all(questions)):
+        raise ValueError("policy 'query' ranks entries by the question's attention: pass questions=, tokens per row")
+    num_layers = sharer.config.num_layers
+    layers = tuple(range(num_layers)) if layers is None else tuple(sorted({int(i) for i in layers}))
+    if not layers or layers[0] < 0 or layers[-1] >= num_layers:
+        raise ValueError(f"layers must be indices in [0, {num_layers}), got {layers}")
+    openings = _openings(opening, len(rows))
+    starts = np.asarray([len(o) for o in openings], np.int32)
+    lengths = np.asarray([len(r) for r in rows], np.int32)
+    counts = kv_messages.entry_counts(lengths, entries, clip=clip)
+    prompts = [o + r for o, r in zip(openings, rows)]
+    scores = None
+    if policy == "attention":
+        cache, scores = prefill(sharer, prompts, bucket=bucket, chunk=chunk, attention_mass=True)
+    else:
+        cache = prefill(sharer, prompts, bucket=bucket, chunk=chunk)
+        if policy == "query":
+            cache, scores = extend(sharer, cache, questions, chunk=chunk, attention_mass=True)
+    width = -(-int(counts.max()) // ENTRY_BUCKET) * ENTRY_BUCKET
+    k, v, positions, valid = kv_messages.select(
+        cache, scores, jnp.asarray(starts), jnp.asarray(lengths), jnp.asarray(counts, jnp.int32),
+        layers=layers, width=width, policy=policy,
+    )  # fmt: skip
+    return KVMessage(
+        k, v, positions, valid, jnp.asarray(starts), jnp.asarray(lengths), layers, num_layers,
+        kv_messages.model_signature(sharer.config),
+    )  # fmt: skip
+
+
+def receive(
+    adapter: Adapter | None, message: Message | KVMessage, receiver_cache: KVCache, *, receiver: Model | None = None
+) -> KVCache:
+    """Apply a message to the receiver's cache. An LCF-X `Message` rewrites the receiver's own cache
+    (its length does not change). A `KVMessage` (adapter None) is placed after the opening the
+    receiver's cache holds; extend the result with the rest of the prompt. `receiver`: checked
+    against the model the KV message was made for."""
+    if isinstance(message, KVMessage):
+        if adapter is not None:
+            raise ValueError("a KV message from the same model needs no adapter: pass adapter=None")
+        model = None if receiver is None else kv_messages.model_signature(receiver.config)
+        return kv_messages.place(message, receiver_cache, model=model)
     graphdef, params = nnx.split(adapter)
     return _receive(graphdef, params, message, receiver_cache)
+
+
+def rank_kv_layers(
+    model: Model,
+    opening: Sequence[int] | Sequence[Sequence[int]],
+    contexts: Sequence[Sequence[int]],
+    rests: Sequence[Sequence[int]],
+    *,
+    prior_weight: float = 0.5,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """KVComm-style layer scores `[L]` (higher: send first) from calibration prompts `opening +
+    context + rest`: the share of attention the rest's tokens pay the context in each layer, mixed
+    with a prior favouring middle layers (`kv_messages.layer_scores`). Pick with
+    `kv_messages.pick_layers(scores, fraction)`."""
+    openings = _openings(opening, len(contexts))
+    cache = prefill(model, [o + list(c) for o, c in zip(openings, contexts)], chunk=chunk)
+    cache, mass = extend(model, cache, rests, chunk=chunk, attention_mass=True)
+    share = kv_messages.context_share(mass, [len(o) for o in openings], [len(c) for c in contexts])
+    return kv_messages.layer_scores(share, prior_weight=prior_weight)
 
 
 def combine(

@@ -112,9 +112,12 @@ def attention_kernel(q: Array) -> str:
     return choice
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def attention(q: Array, k: Array, v: Array, mask: Array, query_valid: Array | None = None):
     """Grouped-query attention through the kernel `attention_kernel` picks; arguments and result
-    as `einsum_attention`."""
+    as `einsum_attention` (asked for the attention each entry receives, it is the einsum kernel:
+    the fused one never forms the probabilities)."""
+    if query_valid is not None:
+        return einsum_attention(q, k, v, mask, query_valid)
     if attention_kernel(q) == "fused":
         return fused_attention(q, k, v, mask)
     return einsum_attention(q, k, v, mask)
@@ -132,10 +135,13 @@ def fused_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla")
 
 
-def einsum_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def einsum_attention(q: Array, k: Array, v: Array, mask: Array, query_valid: Array | None = None):
     """Grouped-query attention. q `[B, T, N, H]`, k/v `[B, S, K, H]`, mask `[B, T, S]` (True = attend).
 
-    Scores and softmax in float32; returns `[B, T, N, H]` in q's dtype.
+    Scores and softmax in float32; returns `[B, T, N, H]` in q's dtype. Given `query_valid` `[B, T]`
+    (the real queries), it returns `(out, mass)` with `mass` `[B, S]` float32: the attention each
+    cache entry receives, summed over the real queries and every head (KV-message selection,
+    `lcf_jax/messages/kv.py`).
 
     The queries of one kv head are laid out as a single `[T*G, H]` matrix, so both products are
     plain batched matmuls over (B, K) with S contiguous in the scores. With the scores as
@@ -152,7 +158,12 @@ def einsum_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     scores = jnp.where(mask[:, None, :, None, :], scores, _MASK_VALUE).reshape(b, kv_heads, t * g, -1)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKQS,BSKH->BKQH", probs, v)  # [B, K, T*G, H]
-    return out.reshape(b, kv_heads, t, g, h).transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
+    out = out.reshape(b, kv_heads, t, g, h).transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
+    if query_valid is None:
+        return out
+    weight = jnp.repeat(query_valid.astype(jnp.float32), g, axis=1)  # [B, T*G], queries laid out t-major
+    mass = jnp.einsum("BKQS,BQ->BS", probs.astype(jnp.float32), weight)
+    return out, mass
 
 
 class Attention(nnx.Module):
@@ -179,10 +190,13 @@ class Attention(nnx.Module):
         starts: Array,
         mask: Array,
         layer: Array | None = None,
-    ) -> tuple[Array, Array, Array]:
+        query_valid: Array | None = None,
+    ):
         """x `[B, T, D]`; k/v_cache `[B, S, K, H]`, this layer's (or, given `layer`, every layer's
         `[L, B, S, K, H]`: this one writes its new entries into slice `layer` in place);
-        positions `[B, T]`; starts `[B]`; mask `[B, T, S]`."""
+        positions `[B, T]`; starts `[B]`; mask `[B, T, S]`. Returns `(out, k_cache, v_cache)`, and
+        given `query_valid` `[B, T]` also the attention each entry receives `[B, S]`
+        (`einsum_attention`)."""
         b, t, _ = x.shape
         cfg = self.config
         n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -202,7 +216,10 @@ class Attention(nnx.Module):
             v_cache = write_layer_rows(v_cache, layer, v, starts)
             k_l = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)  # [B, S, K, H]
             v_l = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
-        out = attention(q, k_l.astype(q.dtype), v_l.astype(q.dtype), mask)
+        out = attention(q, k_l.astype(q.dtype), v_l.astype(q.dtype), mask, query_valid)
+        if query_valid is not None:
+            out, mass = out
+            return self.o_proj(out.reshape(b, t, n * h)), k_cache, v_cache, mass
         return self.o_proj(out.reshape(b, t, n * h)), k_cache, v_cache
 
 

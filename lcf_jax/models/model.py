@@ -56,7 +56,7 @@ def flat_from_state(state: nnx.State) -> dict[str, Array]:
     return {".".join(map(str, path)): v.get_value() for path, v in nnx.to_flat_state(state)}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "last_only"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "last_only", "attention_mass"))
 def forward(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -64,9 +64,11 @@ def forward(
     cache: KVCache,
     input_lengths: Array | None = None,
     last_only: bool = False,
-) -> tuple[Array, KVCache]:
-    """The pure, jitted forward: `(logits, cache)`; see `Transformer.__call__`."""
-    return nnx.merge(graphdef, params)(tokens, cache, input_lengths, last_only=last_only)
+    attention_mass: bool = False,
+):
+    """The pure, jitted forward: `(logits, cache)`, and with `attention_mass` the attention each
+    cache entry receives `[L, B, S]`; see `Transformer.__call__`."""
+    return nnx.merge(graphdef, params)(tokens, cache, input_lengths, last_only=last_only, attention_mass=attention_mass)
 
 
 class Model:

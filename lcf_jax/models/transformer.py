@@ -26,15 +26,15 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, k_cache, v_cache, positions, starts, mask, layer=None):
+    def __call__(self, x, k_cache, v_cache, positions, starts, mask, layer=None, query_valid=None):
         with jax.named_scope("attention"):
-            h, k_cache, v_cache = self.self_attn(
-                self.input_layernorm(x), k_cache, v_cache, positions, starts, mask, layer
+            h, k_cache, v_cache, *mass = self.self_attn(
+                self.input_layernorm(x), k_cache, v_cache, positions, starts, mask, layer, query_valid
             )
         x = x + h
         with jax.named_scope("mlp"):
             x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, k_cache, v_cache
+        return x, k_cache, v_cache, *mass
 
 
 class Transformer(nnx.Module):
@@ -56,13 +56,21 @@ class Transformer(nnx.Module):
             self.lm_head = nnx.Linear(d, v, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
 
     def __call__(
-        self, tokens: Array, cache: KVCache, input_lengths: Array | None = None, *, last_only: bool = False
-    ) -> tuple[Array, KVCache]:
+        self,
+        tokens: Array,
+        cache: KVCache,
+        input_lengths: Array | None = None,
+        *,
+        last_only: bool = False,
+        attention_mass: bool = False,
+    ):
         """Run `tokens` `[B, T]` after what `cache` holds.
 
         input_lengths `[B]`: how many of each row's T tokens are real (right padding); default all.
         Returns float32 logits `[B, T, V]` (or `[B, 1, V]` at each row's last real token when
-        `last_only`) and the cache with the new tokens appended.
+        `last_only`) and the cache with the new tokens appended. With `attention_mass`, also the
+        attention each cache entry receives from the new (real) tokens, per layer, summed over
+        heads: `[L, B, S]` float32, from the same pass (KV-message selection).
         """
         b, t = tokens.shape
         if input_lengths is None:
@@ -86,10 +94,13 @@ class Transformer(nnx.Module):
         def layer_mask(visible_l):
             return mask if visible_l is None else mask & visible_l[:, None, :]
 
+        query_valid = jnp.arange(t)[None, :] < input_lengths[:, None] if attention_mass else None
+
         def one_layer(x, layer_inputs):  # the layer's cache slices in, the updated slices out
             params, k_l, v_l, visible_l = layer_inputs
-            x, k_l, v_l = nnx.merge(graphdef, params)(x, k_l, v_l, positions, starts, layer_mask(visible_l))
-            return x, (k_l, v_l)
+            layer = nnx.merge(graphdef, params)
+            x, k_l, v_l, *mass = layer(x, k_l, v_l, positions, starts, layer_mask(visible_l), None, query_valid)
+            return x, (k_l, v_l, *mass)
 
         def one_decode_layer(carry, layer_inputs):  # the whole cache in the carry, written in place
             x, k, v = carry
@@ -98,7 +109,7 @@ class Transformer(nnx.Module):
             return (x, k, v), None
 
         with jax.named_scope("layers"):
-            if t == 1:
+            if t == 1 and not attention_mass:
                 # A decode step carries the whole cache and writes one entry per row and layer. Scanning
                 # over the cache as input and output instead rewrites all of it on every call: a
                 # batch-32 decode step took 1.6x as long on CPU (BENCHMARKS.md). Longer inputs keep that
@@ -108,7 +119,7 @@ class Transformer(nnx.Module):
                     one_decode_layer, (x, cache.k, cache.v), (layer_state, layer_index, entry_mask)
                 )
             else:
-                x, (k, v) = jax.lax.scan(one_layer, x, (layer_state, cache.k, cache.v, entry_mask))
+                x, (k, v, *mass) = jax.lax.scan(one_layer, x, (layer_state, cache.k, cache.v, entry_mask))
 
         if last_only:
             last = jnp.maximum(input_lengths - 1, 0)
@@ -116,4 +127,7 @@ class Transformer(nnx.Module):
         x = self.norm(x)
         with jax.named_scope("lm_head"):
             logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
-        return logits.astype(jnp.float32), cache.replace(k=k, v=v, lengths=new_lengths, entry_mask=entry_mask)
+        cache = cache.replace(k=k, v=v, lengths=new_lengths, entry_mask=entry_mask)
+        if attention_mass:
+            return logits.astype(jnp.float32), cache, mass[0]
+        return logits.astype(jnp.float32), cache
