@@ -28,9 +28,10 @@ Entries may be a count or a fraction of each row's context. Each layer picks its
 receiver does not care: an entry's position is in its key), kept in text order.
 
 Layers (`communicate.rank_kv_layers`, `layer_scores`, `pick_layers`): all, or a fraction picked
-KVComm's way: on a few calibration prompts, the share of its attention the receiver's tokens pay to the sharer's entries in each layer,
-mixed with a Gaussian prior centred on the middle layer. The mixing weight and the prior's width are
-our choices (the paper's exact values are not in our spec): `prior_weight=0.5`, sigma = L/4.
+KVComm's way: on a few calibration prompts, the share of its attention the receiver's tokens pay
+to the sharer's entries in each layer, mixed with a Gaussian prior centred on the middle layer.
+The mixing weight and the prior's width are our choices (KVComm's exact values are not in our
+spec): `prior_weight=0.5`, sigma = L/4.
 """
 
 from __future__ import annotations
