@@ -19,6 +19,7 @@ receiver cache; `sequential` applies them one after another.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -152,11 +153,13 @@ def send(
     kind: str = "lcfx",
     opening: Sequence[int] | Sequence[Sequence[int]] | None = None,
     entries: int | float | None = None,
-    policy: str = kv_messages.DEFAULT_POLICY,
+    policy: str = "all",
     layers: Sequence[int] | None = None,
     questions: Sequence[Sequence[int]] | None = None,
     clip: bool = False,
     chunk: int | None = None,
+    unit: str = "token",
+    agree: bool = False,
 ) -> Message | KVMessage:
     """Different contexts: each row's context, given as a list of spans (paragraphs) of token ids, is
     read by the sharer and turned into a message.
@@ -170,14 +173,22 @@ def send(
     row) and then the context; it sends `entries` context entries per row and layer (None: all; a
     count, or a fraction of each context), chosen by `policy` ("all", "attention", or "query", which
     reads each row's `questions` tokens after the context), from `layers` (None: all). A count
-    larger than a context is an error unless `clip`. `chunk`: prefill long rows in pieces."""
+    larger than a context is an error unless `clip`. `unit="span"` keeps the best spans (the
+    context's paragraphs) whole first; `agree` keeps the same entries in every layer. `chunk`:
+    prefill long rows in pieces."""
     rows = [[t for span in row for t in span] for row in contexts]
     if any(not r for r in rows):
         raise ValueError("every sharer context needs at least one token")
     if kind == "kv":
         if adapter is not None:
             raise ValueError("a KV message from the same model needs no adapter: pass adapter=None")
-        return _send_kv(sharer, rows, opening, entries, policy, layers, questions, clip, bucket, chunk)
+        if policy not in kv_messages.POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(kv_messages.POLICIES)}, got {policy!r}")
+        read = read_kv(
+            sharer, rows, opening, attention=policy == "attention", questions=questions if policy == "query" else None,
+            spans=[[len(span) for span in row] for row in contexts], bucket=bucket, chunk=chunk,
+        )  # fmt: skip
+        return select_kv(read, entries, policy=policy, layers=layers, clip=clip, unit=unit, agree=agree)
     if kind != "lcfx":
         raise ValueError(f"kind must be 'lcfx' or 'kv', got {kind!r}")
     cache = prefill(sharer, rows, bucket=bucket)
@@ -204,42 +215,100 @@ def _openings(opening, batch: int) -> list[list[int]]:
     return [list(o) for o in opening]
 
 
+@dataclasses.dataclass
+class KVRead:
+    """The sharer's cache of opening + context for a batch of rows, with the attention its context
+    entries received (from the context's own tokens, `attention_scores`, and from the question
+    read after it, `question_scores`) where asked: every KV message of those rows is selected from
+    one read (`select_kv`)."""
+
+    sharer: Model
+    cache: KVCache
+    starts: np.ndarray  # [B] opening tokens
+    lengths: np.ndarray  # [B] context tokens
+    attention_scores: jax.Array | None = None  # [L, B, S]
+    question_scores: jax.Array | None = None  # [L, B, S]
+    span_ids: np.ndarray | None = None  # [B, S] each context entry's span (paragraph), -1 elsewhere
+
+
+def read_kv(
+    sharer: Model,
+    rows: Sequence[Sequence[int]],
+    opening,
+    *,
+    attention: bool = False,
+    questions: Sequence[Sequence[int]] | None = None,
+    spans: Sequence[Sequence[int]] | None = None,
+    bucket: int = BUCKET,
+    chunk: int | None = None,
+) -> KVRead:
+    """The sharer reads `opening` + each row's context (token ids), with the attention scores the
+    `attention` policy needs (from the same pass), and then `questions` for the `query` policy.
+    `spans`: each row's span (paragraph) lengths, for selection by span (default: one span)."""
+    if any(not r for r in rows):
+        raise ValueError("every sharer context needs at least one token")
+    if questions is not None and (len(questions) != len(rows) or not all(questions)):
+        raise ValueError("policy 'query' ranks entries by the question's attention: pass questions=, tokens per row")
+    openings = _openings(opening, len(rows))
+    prompts = [o + list(r) for o, r in zip(openings, rows)]
+    scores = question_scores = None
+    if attention:
+        cache, scores = prefill(sharer, prompts, bucket=bucket, chunk=chunk, attention_mass=True)
+    else:
+        cache = prefill(sharer, prompts, bucket=bucket, chunk=chunk)
+    if questions is not None:
+        cache, question_scores = extend(sharer, cache, questions, chunk=chunk, attention_mass=True)
+    starts = np.asarray([len(o) for o in openings], np.int32)
+    lengths = np.asarray([len(r) for r in rows], np.int32)
+    span_ids = np.full((len(rows), cache.capacity), -1, np.int32)
+    for b, row in enumerate(rows):
+        row_spans = [len(row)] if spans is None else [n for n in spans[b] if n]
+        if sum(row_spans) != len(row):
+            raise ValueError(f"row {b}: its span lengths add up to {sum(row_spans)}, its context has {len(row)} tokens")
+        span_ids[b, starts[b] : starts[b] + len(row)] = np.repeat(np.arange(len(row_spans)), row_spans)
+    return KVRead(sharer, cache, starts, lengths, scores, question_scores, span_ids)
+
+
 # Entry slots per row are rounded up to a multiple of this, so batches share compiled programs.
 ENTRY_BUCKET = 8
 
 
-def _send_kv(sharer, rows, opening, entries, policy, layers, questions, clip, bucket, chunk) -> KVMessage:
+def select_kv(
+    read: KVRead,
+    entries: int | float | None = None,
+    *,
+    policy: str = "all",
+    layers: Sequence[int] | None = None,
+    clip: bool = False,
+    unit: str = "token",
+    agree: bool = False,
+) -> KVMessage:
+    """One KV message from a read: `entries` per row and layer (None: all; a count; a fraction of
+    each context) by `policy`, from `layers` (None: all); `unit` "span" keeps whole spans first,
+    `agree` the same entries in every layer (`kv_messages.select`). See `send(kind="kv")`."""
+    if unit not in ("token", "span"):
+        raise ValueError(f"unit must be 'token' or 'span', got {unit!r}")
     if policy not in kv_messages.POLICIES:
         raise ValueError(f"policy must be one of {', '.join(kv_messages.POLICIES)}, got {policy!r}")
     if policy == "all" and entries is not None:
         raise ValueError("policy 'all' sends every context entry: leave entries=None")
-    if policy == "query" and (questions is None or len(questions) != len(rows) or not all(questions)):
-        raise ValueError("policy 'query' ranks entries by the question's attention: pass questions=, tokens per row")
-    num_layers = sharer.config.num_layers
+    scores = {"all": None, "attention": read.attention_scores, "query": read.question_scores}[policy]
+    if policy != "all" and scores is None:
+        what = "attention=True" if policy == "attention" else "questions="
+        raise ValueError(f"policy {policy!r} needs a read with its scores: read_kv(..., {what})")
+    num_layers = read.sharer.config.num_layers
     layers = tuple(range(num_layers)) if layers is None else tuple(sorted({int(i) for i in layers}))
     if not layers or layers[0] < 0 or layers[-1] >= num_layers:
         raise ValueError(f"layers must be indices in [0, {num_layers}), got {layers}")
-    openings = _openings(opening, len(rows))
-    starts = np.asarray([len(o) for o in openings], np.int32)
-    lengths = np.asarray([len(r) for r in rows], np.int32)
-    counts = kv_messages.entry_counts(lengths, entries, clip=clip)
-    prompts = [o + r for o, r in zip(openings, rows)]
-    scores = None
-    if policy == "attention":
-        cache, scores = prefill(sharer, prompts, bucket=bucket, chunk=chunk, attention_mass=True)
-    else:
-        cache = prefill(sharer, prompts, bucket=bucket, chunk=chunk)
-        if policy == "query":
-            cache, scores = extend(sharer, cache, questions, chunk=chunk, attention_mass=True)
+    counts = kv_messages.entry_counts(read.lengths, entries, clip=clip)
     width = -(-int(counts.max()) // ENTRY_BUCKET) * ENTRY_BUCKET
+    starts, lengths = jnp.asarray(read.starts), jnp.asarray(read.lengths)
     k, v, positions, valid = kv_messages.select(
-        cache, scores, jnp.asarray(starts), jnp.asarray(lengths), jnp.asarray(counts, jnp.int32),
-        layers=layers, width=width, policy=policy,
+        read.cache, scores, starts, lengths, jnp.asarray(counts, jnp.int32), jnp.asarray(read.span_ids),
+        layers=layers, width=width, policy=policy, unit=unit, agree=agree,
     )  # fmt: skip
-    return KVMessage(
-        k, v, positions, valid, jnp.asarray(starts), jnp.asarray(lengths), layers, num_layers,
-        kv_messages.model_signature(sharer.config),
-    )  # fmt: skip
+    signature = kv_messages.model_signature(read.sharer.config)
+    return KVMessage(k, v, positions, valid, starts, lengths, layers, num_layers, signature)
 
 
 def receive(
@@ -368,3 +437,28 @@ def answer_different_contexts(
         )
     fused = receive(adapter, message, receiver_cache)
     return generate(receiver, lasts, max_new_tokens, cache=fused, bucket=1, **generate_options), message
+
+
+def answer_with_kv(
+    model: Model,
+    opening: Sequence[int],
+    contexts: Sequence[Sequence[Sequence[int]]],
+    rests: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    generate_options: dict | None = None,
+    **send_options,
+) -> tuple[Generation, KVMessage]:
+    """KV message end to end, one model as sharer and receiver: the sharer reads `opening` and each
+    row's context (spans of token ids) and sends a `KVMessage` (`send_options`: entries, policy,
+    layers, questions, unit, agree, clip); the receiver prefills `opening`, places the entries,
+    reads each row's `rest` (the prompt after the context) and answers greedily. Returns the
+    answers and the message."""
+    message = send(None, model, contexts, kind="kv", opening=opening, **send_options)
+    cache = prefill(model, [list(opening)] * len(contexts), bucket=8)
+    cache = receive(None, message, cache, receiver=model)
+    cache = extend(model, cache, [list(r[:-1]) for r in rests], bucket=8)
+    out = generate(
+        model, [list(r[-1:]) for r in rests], max_new_tokens, cache=cache, bucket=1, **(generate_options or {})
+    )
+    return out, message

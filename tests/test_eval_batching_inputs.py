@@ -63,7 +63,8 @@ def test_batches_respect_the_token_budget_and_answers_do_not_depend_on_it(setup,
         seen.append((int(out.cache.lengths.shape[0]), int(out.cache.lengths.max())))
         return out
 
-    monkeypatch.setattr(C, "generate", recording)
+    for module in ("sharer", "answering"):  # every generate of the run: the sharer's and the receiver's
+        monkeypatch.setattr(f"lcf_jax.eval.{module}.generate", recording)
     # The text budgets and the full context make the longest rows; the latent conditions add nothing here.
     setup = dataclasses.replace(setup, adapter=None, receiver_alone=("full_context",))
     big = C.run_answers(dataclasses.replace(setup, batch_tokens=100_000), QUESTIONS, progress=False)

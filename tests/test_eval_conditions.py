@@ -17,6 +17,7 @@ from lcf_jax.adapters import build
 from lcf_jax.data.qa import Question, sharer_spans
 from lcf_jax.eval import conditions as C
 from lcf_jax.eval import latency as LAT
+from lcf_jax.eval import sharer as S
 from lcf_jax.runtime import compile_count
 from lcf_jax.sampling import generate, stop_token_ids
 
@@ -73,7 +74,7 @@ def test_latent_conditions_match_the_pipeline_and_the_controls_differ(setup, ans
     expected = [C.decode(r, t) for t in gen.token_lists(stop_tokens=stop_token_ids(r))]
     assert answers["lcfx"] == expected
     # The mismatched message of question i is question i+1's: the same messages, rotated.
-    rotated = C._rows(C.latent_messages(setup, QUESTIONS, progress=False), [1, 2, 0])
+    rotated = C.message_rows(C.latent_messages(setup, QUESTIONS, progress=False), [1, 2, 0])
     own = C.latent_messages(setup, QUESTIONS, progress=False)
     np.testing.assert_allclose(np.asarray(message.k), own.k, rtol=1e-5, atol=1e-6)
     assert not np.allclose(rotated.k, own.k)
@@ -129,7 +130,7 @@ def test_messages_written_in_two_passes_equal_one_generation(setup, monkeypatch)
     """The rows still writing after the first pass continue as a smaller batch from their cache rows:
     the messages must be those of one uninterrupted generation per question."""
     s = setup.sharer
-    monkeypatch.setattr(C, "FIRST_PASS_TOKENS", 7)  # the budgets go to 12: every row takes both passes
+    monkeypatch.setattr(S, "FIRST_PASS_TOKENS", 7)  # the budgets go to 12: every row takes both passes
     written = C.sharer_messages(setup, QUESTIONS, progress=False)
     for q, message in zip(QUESTIONS, written):
         alone = generate(s, [C.sharer_text_prompt(s, q, False)], 12).token_lists(stop_tokens=stop_token_ids(s))[0]
@@ -142,14 +143,15 @@ def test_rows_from_different_first_pass_batches_continue_together(setup, monkeyp
     q1 (first batch) and q2 (second batch) are still writing: they continue as one batch of two,
     and every message is still that of one generation per question."""
     s = setup.sharer
-    monkeypatch.setattr(C, "FIRST_PASS_TOKENS", 11)
+    monkeypatch.setattr(S, "FIRST_PASS_TOKENS", 11)
     calls = []
 
     def recording_generate(model, tokens, n, **kwargs):
         calls.append((len(tokens), kwargs.get("cache") is not None))
         return generate(model, tokens, n, **kwargs)
 
-    monkeypatch.setattr(C, "generate", recording_generate)
+    monkeypatch.setattr(S, "generate", recording_generate)  # the second pass
+    monkeypatch.setattr("lcf_jax.eval.answering.generate", recording_generate)  # the first
     written = C.sharer_messages(setup, QUESTIONS, progress=False)
     for q, message in zip(QUESTIONS, written):
         alone = generate(s, [C.sharer_text_prompt(s, q, False)], 12).token_lists(stop_tokens=stop_token_ids(s))[0]
@@ -158,7 +160,7 @@ def test_rows_from_different_first_pass_batches_continue_together(setup, monkeyp
     assert calls == [(2, False), (1, False), (2, True)]
     # Fewer questions than a batch: the second pass is padded to the questions' number, not the batch's.
     calls.clear()
-    monkeypatch.setattr(C, "FIRST_PASS_TOKENS", 7)
+    monkeypatch.setattr(S, "FIRST_PASS_TOKENS", 7)
     C.sharer_messages(dataclasses.replace(setup, batch_size=8), QUESTIONS, progress=False)
     assert calls == [(3, False), (3, True)]
 

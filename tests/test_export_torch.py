@@ -499,6 +499,54 @@ def test_generate_with_transformers_gives_lcf_jax_greedy_tokens(hf_pair, tmp_pat
     assert got != lt.generate(hf_sharer, hf_receiver, tokenizer, prompts), "the adapter should change some answers"
 
 
+KV_CASES = {
+    "all": dict(policy="all"),
+    "attention": dict(policy="attention", entries=4),
+    "query-span": dict(policy="query", entries=6, unit="span"),
+    "attention-agree": dict(policy="attention", entries=0.5, agree=True),
+}
+
+
+@pytest.mark.parametrize("case", list(KV_CASES))
+def test_kv_messages_in_transformers_give_lcf_jax_greedy_tokens(hf_pair, case):
+    """One model as sharer and receiver: the entries transformers picks, and the answers it gives
+    with them, are lcf_jax's (padded rows of different context lengths)."""
+    _, model, _, hf = hf_pair
+    tokenizer, options = model.tokenizer, dict(KV_CASES[case])
+    opening = lcf_jax.sampling.chat_prompt(model, "Facts:")[:-4]
+    contexts = [[tokenizer.encode(p, add_special_tokens=False) for p in row if p] for row in CONTEXTS]
+    rests = [tokenizer.encode(f" Q: {p}\nA:", add_special_tokens=False) for p in PROMPTS]
+    if options["policy"] == "query":
+        options["questions"] = [r[:6] for r in rests]
+    if options.get("entries") and not isinstance(options["entries"], float):
+        options["clip"] = True
+    out, message = communicate.answer_with_kv(model, opening, contexts, rests, 12, **options)
+    want = out.token_lists(stop_tokens=lcf_jax.sampling.stop_token_ids(model))
+    got, sent = lt.generate_kv(hf, tokenizer, opening, contexts, rests, max_new_tokens=12, **options)
+    valid = np.asarray(message.valid)
+    assert sent.valid.sum(1).tolist() == valid.sum(1).tolist()
+    for b in range(len(rests)):
+        assert np.array_equal(
+            sent.positions[:, b][:, sent.valid[b]].numpy(), np.asarray(message.positions)[:, b][:, valid[b]]
+        )
+    assert got == want and any(want)
+    assert sent.nbytes == message.nbytes
+    if options["policy"] != "all":
+        assert valid.sum() < sum(len(t) for row in contexts for t in row)  # some entries were left out
+
+
+def test_kv_messages_in_transformers_refuse_a_cache_without_the_opening(hf_pair):
+    _, model, _, hf = hf_pair
+    message = lt.send_kv(hf, [2, 5, 6], [[[10, 11, 12]]])
+    from lcf_jax.torch.generate import _Runner
+
+    cache, mask = _Runner(hf).prefill([[2, 5, 6, 7]])
+    with pytest.raises(ValueError, match="exactly the opening"):
+        lt.receive_kv(message, cache, mask)
+    with pytest.raises(ValueError, match="more than the context holds"):
+        lt.send_kv(hf, [2, 5], [[[10, 11]]], entries=3, policy="attention")
+
+
 # -- the real model --------------------------------------------------------------------------------
 
 

@@ -136,18 +136,20 @@ def test_layer_ranking_mixes_attention_share_and_a_middle_prior(model):
 def test_bad_input_is_one_clear_error(model):
     contexts, _ = rows(7)
     with pytest.raises(ValueError, match="more than the context holds.*row 1: 7 tokens"):
-        communicate.send(None, model, contexts, kind="kv", opening=OPENING, entries=10)
-    clipped = communicate.send(None, model, contexts, kind="kv", opening=OPENING, entries=10, clip=True)
+        communicate.send(None, model, contexts, kind="kv", opening=OPENING, entries=10, policy="attention")
+    clipped = communicate.send(
+        None, model, contexts, kind="kv", opening=OPENING, entries=10, policy="attention", clip=True
+    )
     assert np.asarray(clipped.valid).sum(1).tolist() == [10, 7, 10]
     with pytest.raises(ValueError, match="at least one token"):
-        communicate.send(None, model, [[[1, 2]], [[]]], kind="kv", opening=OPENING, entries=1)
+        communicate.send(None, model, [[[1, 2]], [[]]], kind="kv", opening=OPENING)
     with pytest.raises(ValueError, match="needs the opening"):
-        communicate.send(None, model, contexts, kind="kv", entries=1)
+        communicate.send(None, model, contexts, kind="kv")
     with pytest.raises(ValueError, match="policy 'query'.*questions="):
         communicate.send(None, model, contexts, kind="kv", opening=OPENING, entries=1, policy="query")
     with pytest.raises(ValueError, match="policy must be one of"):
         communicate.send(None, model, contexts, kind="kv", opening=OPENING, entries=1, policy="random")
-    message = communicate.send(None, model, contexts, kind="kv", opening=OPENING, entries=2)
+    message = communicate.send(None, model, contexts, kind="kv", opening=OPENING, entries=2, policy="attention")
     other = Model.random(dataclasses.replace(SHARER, num_layers=5), seed=0)
     with pytest.raises(ValueError, match="another model.*translate them"):
         communicate.receive(None, message, communicate.prefill(other, [OPENING] * 3, bucket=8), receiver=other)

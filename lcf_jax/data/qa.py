@@ -23,6 +23,7 @@ from lcf_jax.data.examples import Example
 
 FIELDS = ("id", "question", "sharer_context", "receiver_context", "answers")
 INSTRUCTION = "Answer the question with a short phrase taken from the facts."
+FACTS_HEADER = "Facts:\n"  # a KV message's entries land right after it (eval/prompts.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,7 @@ def receiver_messages(q: Question, paragraphs: Sequence[str] | None = None) -> l
     paragraphs = q.receiver_context if paragraphs is None else paragraphs
     facts = "\n".join(paragraphs)
     content = (
-        f"{INSTRUCTION}\n\nFacts:\n{facts}\n\nQuestion: {q.question}"
+        f"{INSTRUCTION}\n\n{FACTS_HEADER}{facts}\n\nQuestion: {q.question}"
         if facts
         else (f"{INSTRUCTION}\n\nQuestion: {q.question}")
     )

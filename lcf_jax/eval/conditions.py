@@ -1,8 +1,12 @@
-"""Every evaluation condition on the same split-context questions: answers (batched) and latency
-(one question at a time, stage by stage).
+"""The accuracy run: every evaluation condition's answers on the same split-context questions,
+batched. (Latency, one question at a time: `eval/latency.py`; prompts: `eval/prompts.py`; what the
+sharer sends: `eval/sharer.py`; the KV-message rows: `eval/kv_share.py`; the conditions:
+`eval/condition.py`, `eval/setup.py`.)
 
 Conditions
   question_only, half_context, full_context  the receiver alone, with none, its own or all paragraphs
+  full_context_sharer_first                  all paragraphs, the sharer's first (where a KV message
+                                             lands): the text reference of the KV rows
   text_<N>                                   the sharer reads its paragraphs and writes a message
                                              (greedy); its first N tokens are appended to the
                                              receiver's facts. One message serves every budget.
@@ -11,6 +15,10 @@ Conditions
   empty_message                              an all-zero message (the adapter alone, nothing sent)
   receiver_only                              an adapter trained with zero messages, given zeros:
                                              it can learn the task but receive nothing
+  kv_share, kv_share_<M>                     selected entries of the sharer's own cache (every one,
+                                             or M per row and layer by the default policy), when
+                                             sharer and receiver are one model
+  kv_share_mismatched                        another question's kv_share_32 message
 
 Sharing work in the accuracy run: every receiver prompt of a question starts with the same tokens
 (the instruction and the receiver's own facts; the full context lists them first), so that part
@@ -35,257 +43,28 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 from lcf_jax import communicate
-from lcf_jax.adapters import Adapter, Message
-from lcf_jax.data.qa import Question, receiver_messages, sharer_spans
-from lcf_jax.eval.batching import default_budget, token_batches
-from lcf_jax.eval.record import RunRecord
-from lcf_jax.kv import KVCache
-from lcf_jax.models.model import Model
-from lcf_jax.progress import DEFAULT_EVERY, Progress
-from lcf_jax.runtime import release_free_memory
-from lcf_jax.sampling import Generation, chat_prompt, generate, stop_token_ids
-
-RECEIVER_ALONE = ("question_only", "half_context", "full_context")
-LATENT = ("lcfx", "mismatched_message", "empty_message", "receiver_only")
-TEXT_INSTRUCTION = (
-    "A teammate must answer a question using these facts together with other facts they have. "
-    "Write down the facts below for them, briefly."
+from lcf_jax.adapters import Message
+from lcf_jax.data.qa import Question
+from lcf_jax.eval import kv_share
+from lcf_jax.eval.answering import EXTEND_BUCKET, answers_from, common_prefix
+from lcf_jax.eval.batching import token_batches
+from lcf_jax.eval.prompts import (  # noqa: F401 - also importable from here, as before the split
+    MESSAGE_LABEL,
+    TEXT_INSTRUCTION,
+    decode,
+    full_paragraphs,
+    message_budgets,
+    receiver_prompt,
+    sharer_first_prompt,
+    sharer_text_prompt,
 )
-MESSAGE_LABEL = "From a teammate:"
-
-
-def text_condition(budget: int) -> str:
-    return f"text_{budget}"
-
-
-@dataclasses.dataclass
-class Setup:
-    """What an evaluation runs: the two models, the trained LCF-X adapter (optional: without it the
-    latent conditions are skipped) and the receiver-only control adapter (optional)."""
-
-    sharer: Model
-    receiver: Model
-    adapter: Adapter | None = None
-    control: Adapter | None = None
-    budgets: tuple[int, ...] = (50, 100, 150, 200)
-    max_answer_tokens: int = 16
-    sharer_sees_question: bool = False  # the same for the text message and the latent one
-    batch_size: int = 32  # the most rows in a batch
-    # The most cache entries in a batch (rows x its longest row); None: `batching.default_budget`.
-    batch_tokens: int | None = None
-    # Prompts longer than this are prefilled this many tokens at a time (bounds attention scores).
-    prefill_chunk: int = 512
-    receiver_alone: tuple[str, ...] = RECEIVER_ALONE  # which of them to run (half_context always runs)
-    progress: str = "auto"  # "auto" (a bar on a terminal, log lines otherwise), "bar", "lines" or "off"
-    progress_every: float = DEFAULT_EVERY  # seconds between progress lines
-
-    def token_budget(self) -> int:
-        return self.batch_tokens or default_budget(self.sharer, self.receiver)
-
-    def progress_bar(
-        self, stage: str, total: int, *, unit: str = "questions", done: int = 0, enabled: bool = True
-    ) -> Progress:
-        mode = self.progress if enabled else "off"
-        return Progress(stage, total, unit=unit, mode=mode, every=self.progress_every, done=done)
-
-    def conditions(self) -> list[str]:
-        alone = [n for n in RECEIVER_ALONE if n in self.receiver_alone or n == "half_context"]
-        names = [*alone, *(text_condition(b) for b in self.budgets)]
-        if self.adapter is not None:
-            names += ["lcfx", "mismatched_message", "empty_message"]
-        if self.control is not None:
-            names.append("receiver_only")
-        return names
-
-
-# -- prompts ---------------------------------------------------------------------------------------
-
-
-def full_paragraphs(q: Question) -> list[str]:
-    """All ten paragraphs: the receiver's, then the sharer's."""
-    return [*q.receiver_context, *q.sharer_context]
-
-
-def sharer_text_prompt(model: Model, q: Question, sees_question: bool) -> list[int]:
-    facts = "\n".join(q.sharer_context)
-    question = f"\n\nTheir question: {q.question}" if sees_question else ""
-    return chat_prompt(model, f"{TEXT_INSTRUCTION}\n\nFacts:\n{facts}{question}")
-
-
-def receiver_prompt(model: Model, q: Question, paragraphs: Sequence[str], message: str | None = None) -> list[int]:
-    paragraphs = list(paragraphs) + ([f"{MESSAGE_LABEL} {message}"] if message is not None else [])
-    return chat_prompt(model, receiver_messages(q, paragraphs))
-
-
-def decode(model: Model, ids: Sequence[int]) -> str:
-    return model.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
-
-def message_budgets(tokens: Sequence[int], budgets: Sequence[int]) -> dict[int, list[int]]:
-    """The message each budget sends: its first N tokens (the whole message if it is shorter)."""
-    return {b: list(tokens[:b]) for b in budgets}
-
-
-# -- shared pieces -----------------------------------------------------------------------------------
-
-
-def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
-    first, n = rows[0], min(len(r) for r in rows)
-    for i in range(n):
-        if any(r[i] != first[i] for r in rows[1:]):
-            return i
-    return n
-
-
-# Batched prompts are right-padded to a multiple of these many tokens. A batch's longest row sets its
-# width anyway; coarser buckets only add padding: with 64 (whole prompts) and 32 (cache extensions)
-# the demo's 300 questions prefilled 199k tokens for 157k real ones, with these 175k, for a few more
-# compiled shapes.
-PROMPT_BUCKET = 16
-EXTEND_BUCKET = 8
-
-
-def _generate(setup: Setup, model: Model, prompts: Sequence[Sequence[int]], max_tokens: int) -> Generation:
-    """`generate` on whole prompts; prompts longer than `setup.prefill_chunk` are prefilled in chunks
-    first (all but their last token), so no call holds the scores of a whole long prompt."""
-    if max(len(p) for p in prompts) <= setup.prefill_chunk:
-        return generate(model, [list(p) for p in prompts], max_tokens, bucket=PROMPT_BUCKET)
-    cache = communicate.prefill(model, [p[:-1] for p in prompts], bucket=EXTEND_BUCKET, chunk=setup.prefill_chunk)
-    return generate(model, [p[-1:] for p in prompts], max_tokens, cache=cache, bucket=1)
-
-
-def _answers(
-    setup: Setup, cache: KVCache | None, suffixes: Sequence[Sequence[int]], max_tokens: int | None = None
-) -> list[str]:
-    """The receiver's greedy answers continuing `cache` with each row's remaining prompt tokens (with
-    no cache, the rows are whole prompts)."""
-    model, max_tokens = setup.receiver, max_tokens or setup.max_answer_tokens
-    if cache is None:
-        out = _generate(setup, model, suffixes, max_tokens)
-    else:
-        out = generate(model, [list(s) for s in suffixes], max_tokens, cache=cache, bucket=EXTEND_BUCKET)
-    answers = [decode(model, row) for row in out.token_lists(stop_tokens=stop_token_ids(model))]
-    del out
-    # Each condition's caches differ in size from the last one's: give their pages back before the
-    # next, or the heap grows by the holes (lcf_jax/runtime.py; 6.3 -> see BENCHMARKS.md).
-    release_free_memory()
-    return answers
-
-
-# The sharer's text messages are written in two passes: every row up to this many tokens, then only
-# the rows still writing. A batch decodes until its longest row stops, and on the demo's questions
-# messages run a median 74 tokens but a few run to the 200-token budget.
-FIRST_PASS_TOKENS = 96
-
-
-def sharer_messages(
-    setup: Setup,
-    questions: Sequence[Question],
-    progress: bool = True,
-    *,
-    on_done=None,
-) -> list[list[int]]:
-    """The sharer's text message for each question: greedy, up to the largest budget.
-
-    `on_done({index: tokens})` is called as messages finish (a run record keeps them). Batches go
-    by prompt length under the token budget. The rows still writing after the first pass wait, with
-    their cache rows, until a full batch of them (from any first-pass batches) continues together;
-    the last, smaller group is padded with copies of a row to the same size (a batch, or all the
-    questions if fewer), so every second-pass call has one shape."""
-    sharer, budget = setup.sharer, setup.token_budget()
-    longest, stops = max(setup.budgets), stop_token_ids(setup.sharer)
-    first = min(longest, FIRST_PASS_TOKENS)
-    out: list[list[int] | None] = [None] * len(questions)
-    prompts = [sharer_text_prompt(sharer, q, setup.sharer_sees_question) for q in questions]
-    cost = [len(p) + longest for p in prompts]
-    waiting: list[tuple[list[int], KVCache]] = []  # (question indices, their cache rows), oldest first
-    bar = setup.progress_bar("sharer writes", len(questions), unit="messages", enabled=progress)
-
-    def finish(rows: dict[int, list[int]]) -> None:
-        rows = {i: row[:-1] if row and row[-1] in stops else row for i, row in rows.items()}
-        for i, row in rows.items():
-            out[i] = row
-        if on_done is not None:
-            on_done(rows)
-        bar.update(len(rows))
-
-    def second_pass_rows() -> int:  # how many waiting rows continue together
-        largest = max(cost[i] for rows, _ in waiting for i in rows)
-        return max(1, min(setup.batch_size, budget // largest, len(questions)))
-
-    def continue_waiting(count: int, width: int) -> None:  # the oldest `count` waiting rows write on
-        index = [i for rows, _ in waiting for i in rows]
-        cache = KVCache.concatenate([c for _, c in waiting])
-        chosen = list(range(count)) + [0] * (width - count)  # padding rows: copies of row 0
-        # The cache holds each row's prompt and all but its last token: continue from that token.
-        partial = {i: written[i] for i in index[:count]}
-        rest = generate(
-            sharer,
-            [partial[index[j]][-1:] for j in chosen],
-            longest - first,
-            cache=cache.take_rows(chosen),
-            bucket=1,
-        )
-        finish({i: partial[i] + more for i, more in zip(index[:count], rest.token_lists(strip_stop=False))})
-        waiting[:] = [(index[count:], cache.take_rows(list(range(count, len(index)))))] if len(index) > count else []
-        del cache, rest
-        release_free_memory()
-
-    written: dict[int, list[int]] = {}  # first-pass tokens of the rows still writing
-    with bar:
-        for index in token_batches(cost, budget, setup.batch_size):
-            gen = _generate(setup, sharer, [prompts[i] for i in index], first)
-            rows = gen.token_lists(strip_stop=False)
-            going = [j for j, row in enumerate(rows) if len(row) == first and row[-1] not in stops and longest > first]
-            finish({index[j]: row for j, row in enumerate(rows) if j not in going})
-            if going:
-                written.update({index[j]: rows[j] for j in going})
-                waiting.append(([index[j] for j in going], gen.cache.take_rows(going)))
-            del gen
-            release_free_memory()  # the heap's holes between batches of other sizes (lcf_jax/runtime.py)
-            while waiting and sum(len(rows) for rows, _ in waiting) >= second_pass_rows():
-                size = second_pass_rows()
-                continue_waiting(size, size)
-        if waiting:
-            continue_waiting(sum(len(rows) for rows, _ in waiting), second_pass_rows())
-    return out
-
-
-def latent_messages(
-    setup: Setup, questions: Sequence[Question], progress: bool = True, *, index: Sequence[int] | None = None
-) -> Message:
-    """The LCF-X message of every question (or of `questions[i]` for i in `index`), `[N, Q, M, K, H]`
-    (batched along questions, in the order asked)."""
-    index = list(range(len(questions)) if index is None else index)
-    spans = {
-        i: sharer_spans(questions[i], setup.sharer.tokenizer, sees_question=setup.sharer_sees_question) for i in index
-    }
-    cost = [sum(map(len, spans[i])) for i in index]
-    parts, order = [], []
-    bar = setup.progress_bar("sharer summarises", len(index), enabled=progress)
-    with bar:
-        for batch in token_batches(cost, setup.token_budget(), setup.batch_size):
-            rows = [index[j] for j in batch]
-            m = communicate.send(setup.adapter, setup.sharer, [spans[i] for i in rows], bucket=PROMPT_BUCKET)
-            parts.append(jax.tree.map(np.asarray, m))
-            del m
-            release_free_memory()
-            order += batch
-            bar.update(len(rows))
-    back = np.argsort(order)  # batches go by length: put the messages back in the order asked
-    return Message(
-        np.concatenate([p.k for p in parts], axis=1)[:, back], np.concatenate([p.v for p in parts], axis=1)[:, back]
-    )
-
-
-def _rows(message: Message, index: Sequence[int]) -> Message:
-    index = np.asarray(index)
-    return Message(message.k[:, index], message.v[:, index])
-
+from lcf_jax.eval.record import RunRecord
+from lcf_jax.eval.setup import LATENT, RECEIVER_ALONE, Setup, text_condition  # noqa: F401
+from lcf_jax.eval.sharer import latent_messages, message_bytes, message_rows, send_conditioned, sharer_messages
+from lcf_jax.runtime import release_free_memory
 
 # -- accuracy ----------------------------------------------------------------------------------------
 
@@ -299,15 +78,19 @@ class Answers:
     messages: list[list[int]]
     latent_bytes: int | None
     wall_s: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per part of the run
+    kv_bytes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # each question's KV message
 
     def message_bytes(self, setup: Setup, name: str) -> int | None:
-        """Mean bytes one question's message takes on the wire (UTF-8 text, or the latent arrays)."""
-        if name.startswith("text_"):
-            budget = int(name.split("_")[1])
-            sizes = [len(decode(setup.sharer, m[:budget]).encode()) for m in self.messages]
+        """Mean bytes one question's message takes on the wire (UTF-8 text, the latent arrays, or
+        the KV entries with their positions)."""
+        budgets = {text_condition(b): b for b in setup.budgets}
+        if name in budgets:
+            sizes = [len(decode(setup.sharer, m[: budgets[name]]).encode()) for m in self.messages]
             return int(round(float(np.mean(sizes))))
         if name in ("lcfx", "mismatched_message"):
             return self.latent_bytes
+        if name in self.kv_bytes:
+            return int(round(float(np.mean(self.kv_bytes[name]))))
         return None
 
 
@@ -318,6 +101,8 @@ def receiver_cost(setup: Setup, q: Question, text: Sequence[int]) -> int:
     prompts = [receiver_prompt(r, q, q.receiver_context, decode(setup.sharer, text) if setup.budgets else None)]
     if "full_context" in setup.conditions():
         prompts.append(receiver_prompt(r, q, full_paragraphs(q)))
+    if setup.kv_rows():
+        prompts.append(sharer_first_prompt(r, q))
     return max(map(len, prompts)) + setup.max_answer_tokens
 
 
@@ -358,6 +143,7 @@ def run_answers(
         messages = latent_messages(setup, questions, progress, index=needed)
         message_row = {j: k for k, j in enumerate(needed)}
     wall["sharer_summarises"], start_time = time.perf_counter() - start_time, time.perf_counter()
+    layer_scores = kv_share.layer_ranking(setup, questions) if setup.kv_rows() else None
     costs = [receiver_cost(setup, questions[i], texts[i]) for i in pending]
     bar = setup.progress_bar("receiver answers", len(questions), done=len(questions) - len(pending), enabled=progress)
     with bar:
@@ -365,19 +151,25 @@ def run_answers(
         for batch in token_batches(costs, setup.token_budget(), setup.batch_size):
             index = [pending[j] for j in batch]
             got = _answer_batch(setup, questions, index, [texts[i] for i in index], messages, message_row)
+            kv_sizes = {}
+            if setup.kv_rows():
+                kv_got, kv_sizes = kv_share.kv_answers(setup, questions, index, layer_scores)
+                got |= kv_got
             release_free_memory()
             record.add_answers(
                 [
                     {"id": ids[i], "answers": list(questions[i].answers), "message": decode(setup.sharer, texts[i])}
                     | {name: got[name][k] for name in names}
+                    | ({"kv_bytes": {name: sizes[k] for name, sizes in kv_sizes.items()}} if kv_sizes else {})
                     for k, i in enumerate(index)
                 ]
             )
             bar.update(len(index), f"{len(names)} conditions each")
     wall["receiver_answers"] = time.perf_counter() - start_time
     by_condition = {name: [record.answers[qid][name] for qid in ids] for name in names}
-    latent_bytes = None if setup.adapter is None else _message_bytes(setup.adapter)
-    return Answers(by_condition, [texts[i] for i in range(len(questions))], latent_bytes, wall)
+    latent_bytes = None if setup.adapter is None else message_bytes(setup.adapter)
+    kv_bytes = {c.name: [record.answers[qid]["kv_bytes"][c.name] for qid in ids] for c in setup.kv_rows()}
+    return Answers(by_condition, [texts[i] for i in range(len(questions))], latent_bytes, wall, kv_bytes)
 
 
 def _answer_batch(
@@ -394,7 +186,7 @@ def _answer_batch(
     answers: dict[str, list[str]] = {}
     chunk_q = [questions[i] for i in index]
     if "question_only" in setup.conditions():  # the receiver alone, with nothing but the question
-        answers["question_only"] = _answers(setup, None, [receiver_prompt(r, q, []) for q in chunk_q])
+        answers["question_only"] = answers_from(setup, None, [receiver_prompt(r, q, []) for q in chunk_q])
     half = [receiver_prompt(r, q, q.receiver_context) for q in chunk_q]
     # The full context lists the receiver's paragraphs first, so it shares their prefill too.
     full = (
@@ -408,7 +200,7 @@ def _answer_batch(
     # Every prompt of a row starts with the same tokens (instruction, the receiver's facts):
     # prefill them once. Each prompt keeps at least its last token to continue from.
     base_len = [
-        max(1, min(_common_prefix([c[row] for c in chain]), *(len(c[row]) - 1 for c in chain)))
+        max(1, min(common_prefix([c[row] for c in chain]), *(len(c[row]) - 1 for c in chain)))
         for row in range(len(chunk_q))
     ]
     base = communicate.prefill(r, [p[:n] for p, n in zip(half, base_len)], bucket=EXTEND_BUCKET, chunk=chunk)
@@ -417,27 +209,25 @@ def _answer_batch(
         r, base, [p[n:-1] for p, n in zip(half, base_len)], bucket=EXTEND_BUCKET, chunk=chunk
     )
     lasts = [p[-1:] for p in half]
-    answers["half_context"] = _answers(setup, half_cache, lasts)
+    answers["half_context"] = answers_from(setup, half_cache, lasts)
     if setup.adapter is not None:
         n = len(questions)
         others = [(i + 1) % n for i in index]
         if setup.adapter.spec.receiver_conditioned:
-            own, other = (
-                _send_conditioned(setup, [questions[i] for i in rows], half_cache) for rows in (index, others)
-            )
+            own, other = (send_conditioned(setup, [questions[i] for i in rows], half_cache) for rows in (index, others))
         else:
-            own, other = (_rows(messages, [message_row[i] for i in rows]) for rows in (index, others))
+            own, other = (message_rows(messages, [message_row[i] for i in rows]) for rows in (index, others))
         for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", own.zeros_like())):
-            answers[name] = _answers(setup, communicate.receive(setup.adapter, msg, half_cache), lasts)
+            answers[name] = answers_from(setup, communicate.receive(setup.adapter, msg, half_cache), lasts)
     if setup.control is not None:
         zeros = setup.control.empty_message(len(index))
-        answers["receiver_only"] = _answers(setup, communicate.receive(setup.control, zeros, half_cache), lasts)
+        answers["receiver_only"] = answers_from(setup, communicate.receive(setup.control, zeros, half_cache), lasts)
     del half_cache
     if full:
         full_cache = communicate.extend(
             r, base, [p[n:-1] for p, n in zip(full, base_len)], bucket=EXTEND_BUCKET, chunk=chunk
         )
-        answers["full_context"] = _answers(setup, full_cache, [p[-1:] for p in full])
+        answers["full_context"] = answers_from(setup, full_cache, [p[-1:] for p in full])
         del full_cache
     # The text budgets in turn: each extends the cache as far as it agrees with every larger budget.
     cache, done = base, base_len
@@ -452,22 +242,12 @@ def _answer_batch(
             break
         later = chain[k : 1 + len(budgets)]  # this budget and the larger ones (not full_context)
         stem = [
-            max(done[row], min(_common_prefix([c[row] for c in later]), len(text[b][row]) - 1))
+            max(done[row], min(common_prefix([c[row] for c in later]), len(text[b][row]) - 1))
             for row in range(len(chunk_q))
         ]
         cache = communicate.extend(
             r, cache, [p[d:e] for p, d, e in zip(text[b], done, stem)], bucket=EXTEND_BUCKET, chunk=chunk
         )
-        answers[text_condition(b)] = _answers(setup, cache, [p[e:] for p, e in zip(text[b], stem)])
+        answers[text_condition(b)] = answers_from(setup, cache, [p[e:] for p, e in zip(text[b], stem)])
         done = stem
     return answers
-
-
-def _send_conditioned(setup: Setup, questions: Sequence[Question], receiver_cache: KVCache) -> Message:
-    spans = [sharer_spans(q, setup.sharer.tokenizer, sees_question=setup.sharer_sees_question) for q in questions]
-    return communicate.send(setup.adapter, setup.sharer, spans, receiver_cache=receiver_cache, bucket=PROMPT_BUCKET)
-
-
-def _message_bytes(adapter: Adapter) -> int:
-    """Bytes of one question's message (float32 keys and values of every slot and layer)."""
-    return adapter.empty_message(1).nbytes

@@ -19,6 +19,7 @@ from lcf_jax.eval.conditions import (
     Setup,
     full_paragraphs,
     receiver_prompt,
+    sharer_first_prompt,
     sharer_text_prompt,
 )
 
@@ -40,6 +41,8 @@ def tokens_needed(setup: Setup, q: Question) -> int:
     s, r, answer = setup.sharer, setup.receiver, setup.max_answer_tokens
     longest_message = max(setup.budgets, default=0)
     needed = [len(receiver_prompt(r, q, full_paragraphs(q))) + answer]
+    if setup.kv_rows():  # the sharer-first prompt, and the sharer's read of its opening and paragraphs
+        needed.append(len(sharer_first_prompt(r, q)) + answer)
     if longest_message:
         needed.append(len(sharer_text_prompt(s, q, setup.sharer_sees_question)) + longest_message)
         label = len(r.tokenizer.encode(f"\n{MESSAGE_LABEL} ", add_special_tokens=False))

@@ -17,8 +17,17 @@ import jax
 
 from lcf_jax import communicate
 from lcf_jax.data.qa import Question, sharer_spans
-from lcf_jax.eval.conditions import Setup, decode, full_paragraphs, receiver_prompt, sharer_text_prompt, text_condition
+from lcf_jax.eval import kv_share
+from lcf_jax.eval.condition import text_condition
+from lcf_jax.eval.prompts import (
+    decode,
+    full_paragraphs,
+    receiver_prompt,
+    sharer_first_segments,
+    sharer_text_prompt,
+)
 from lcf_jax.eval.record import RunRecord
+from lcf_jax.eval.setup import SHARER_FIRST, Setup
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model
 from lcf_jax.runtime import compile_count
@@ -68,15 +77,22 @@ class Timing:
 LATENCY_BUCKET = 32
 
 
-def _receiver_stage(model: Model, prompt: Sequence[int], max_tokens: int, apply=None) -> tuple[float, float]:
+def _receiver_stage(
+    model: Model, prompt: Sequence[int], max_tokens: int, apply=None, at: int | None = None
+) -> tuple[float, float]:
     """(seconds to the first token, seconds to the end of the answer) of the receiver reading
-    `prompt`, optionally rewriting its cache with `apply(cache)` before the last token. The answer
-    continues from the first token's cache, as a streaming receiver would."""
+    `prompt`, optionally rewriting its cache with `apply(cache)` before the last token (or, given
+    `at`, after its first `at` tokens: a KV message is placed after the opening and the rest of
+    the prompt read after it). The answer continues from the first token's cache, as a streaming
+    receiver would."""
+    at = len(prompt) - 1 if at is None else at
 
     def first():
-        cache = communicate.prefill(model, [list(prompt[:-1])], bucket=LATENCY_BUCKET)
+        cache = communicate.prefill(model, [list(prompt[:at])], bucket=LATENCY_BUCKET)
         if apply is not None:
             cache = apply(cache)
+        if at < len(prompt) - 1:
+            cache = communicate.extend(model, cache, [list(prompt[at:-1])], bucket=LATENCY_BUCKET)
         gen = generate(model, [list(prompt[-1:])], 1, cache=cache, bucket=1)
         return gen.tokens, gen.cache
 
@@ -122,6 +138,8 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
     ):
         if name in setup.conditions():
             out[name] = Timing(0.0, *_receiver_stage(r, receiver_prompt(r, q, paragraphs), n_tok))
+    if setup.kv_rows():
+        out.update(_kv_times(setup, q, other))
     for b, (tokens, sharer_s) in _sharer_writes(setup, q).items():
         start = time.perf_counter()
         text_prompt = receiver_prompt(r, q, q.receiver_context, decode(s, tokens))
@@ -155,6 +173,32 @@ def time_question(setup: Setup, q: Question, other: Question) -> dict[str, Timin
         out["receiver_only"] = Timing(
             0.0, *_receiver_stage(r, half, n_tok, lambda c: communicate.receive(setup.control, zeros, c))
         )
+    return out
+
+
+def _kv_times(setup: Setup, q: Question, other: Question) -> dict[str, Timing]:
+    """full_context_sharer_first and the KV rows at batch 1. The sharer's stage is one read of the
+    opening and its paragraphs and the selection; the receiver prefills the opening, places the
+    entries and reads the rest of its prompt (not the sharer's paragraphs)."""
+    r, s, n_tok = setup.receiver, setup.sharer, setup.max_answer_tokens
+    own = sharer_first_segments(r, q)
+    out = {SHARER_FIRST: Timing(0.0, *_receiver_stage(r, own.prompt, n_tok))}
+    for c in setup.kv_rows():
+        source = other if c.mismatched else q
+        seg = sharer_first_segments(r, source)
+        layers = kv_share.layers_for(c, kv_share.layer_ranking(setup, [q]), s.config.num_layers)
+        questions = [kv_share.question_tokens(setup, source)] if c.policy == "query" else None
+
+        def send(seg=seg, c=c, layers=layers, questions=questions):
+            read = communicate.read_kv(
+                s, [seg.context], seg.opening, attention=c.policy == "attention", questions=questions,
+                spans=[seg.spans], bucket=LATENCY_BUCKET,
+            )  # fmt: skip
+            return communicate.select_kv(read, c.entries, policy=c.policy, layers=layers, clip=True, unit=c.unit)
+
+        message, sharer_s = _timed(send)
+        place = lambda cache, m=message: communicate.receive(None, m, cache, receiver=r)  # noqa: E731
+        out[c.name] = Timing(sharer_s, *_receiver_stage(r, own.opening + own.rest, n_tok, place, len(own.opening)))
     return out
 
 

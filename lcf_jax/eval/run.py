@@ -7,6 +7,7 @@ it continues where a killed run stopped and writes the results an uninterrupted 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -17,6 +18,7 @@ from typing import Any
 from flax import nnx
 
 from lcf_jax.data.qa import Question
+from lcf_jax.eval import kv_share
 from lcf_jax.eval.conditions import Answers, Setup, run_answers
 from lcf_jax.eval.latency import Timing, run_latency
 from lcf_jax.eval.metrics import score
@@ -66,6 +68,7 @@ def fingerprint(setup: Setup, questions: Sequence[Question], latency_questions: 
         "budgets": list(setup.budgets),
         "max_answer_tokens": setup.max_answer_tokens,
         "sharer_sees_question": setup.sharer_sees_question,
+        "kv": [dataclasses.asdict(c) for c in setup.kv_rows()],
     }
     return {
         **input_fingerprint(questions, latency_questions),
@@ -131,6 +134,8 @@ def evaluate(
         },
         **(meta or {}),
     }
+    if setup.kv_rows():
+        meta["kv"] = kv_share.describe(setup)
     meta["wall_s"] = {**meta.get("wall_s", {}), **{k: round(v, 1) for k, v in wall_s.items()}}
     write_results(workdir, results, meta=meta)
     table = markdown_table(results, reference=reference)

@@ -55,11 +55,17 @@ class _Runner:
         # transformers 5.x renamed `past_key_values` to `cache` (the old name warns): use what it has.
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.pad = getattr(model.config, "pad_token_id", None) or 0
+        # `[B]` positions each row's tokens skip (a KV message that sent fewer entries than its
+        # context had: later tokens keep their positions in the full prompt), or None.
+        self.offset: torch.Tensor | None = None
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, cache=None):
         """(last-position logits `[B, V]`, cache) after feeding `ids` `[B, T]`; `mask` `[B, S + T]`
-        covers what the cache holds and the new tokens. Positions count real tokens only."""
+        covers what the cache holds and the new tokens. Positions count real tokens only (plus
+        `offset`)."""
         positions = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        if self.offset is not None:
+            positions = positions + self.offset[:, None]
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
