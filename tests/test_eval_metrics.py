@@ -280,6 +280,37 @@ def _conditions():
     ]
 
 
+def test_plot_labels_never_overlap_on_a_crowded_plot():
+    """The demo's crowding: text_100/150/200 on one point, the latent controls next to each other,
+    KV rows near the receiver rows. Labels must not overlap each other or any point."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    from lcf_jax.eval.report import place_labels
+
+    rows = [("question_only", 0.7, 214), ("half_context", 1.2, 402), ("full_context", 57.3, 563),
+            ("full_context_sharer_first", 52.6, 560), ("text_50", 30.0, 3770), ("text_100", 42.1, 5725),
+            ("text_150", 42.5, 5799), ("text_200", 42.5, 5749), ("lcfx", 4.6, 658), ("mismatched_message", 5.1, 658),
+            ("empty_message", 2.2, 437), ("receiver_only", 5.6, 406), ("kv_share", 52.6, 700), ("kv_share_8", 8.0, 520),
+            ("kv_share_16", 37.0, 540), ("kv_share_32", 54.0, 560), ("kv_share_mismatched", 1.6, 560)]  # fmt: skip
+    points = [ConditionResult(n, f1, 0.0, t, t, 300) for n, f1, t in rows]
+    fig = Figure(figsize=(9, 6), layout="constrained")  # plot_f1_vs_ttft's size for this many points
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter([p.ttft_ms for p in points], [p.f1 for p in points])
+    ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.1)
+    notes = place_labels(ax, points)
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    boxes = [Text.get_window_extent(n, renderer) for n in notes]  # the text, not its leader line
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :]), notes[i].get_text()
+    labels = " ".join(n.get_text() for n in notes)
+    assert all(name in labels for name, _, _ in rows)  # every condition is named (some share a label)
+
+
 def test_results_json_round_trip(tmp_path):
     sig = {"lcfx": {"mcnemar_p": 0.000123456, "wilcoxon_p": 0.0456, "b": 30, "c": 9}}
     conditions = with_significance(_conditions(), sig)

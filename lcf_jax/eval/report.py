@@ -191,13 +191,88 @@ def _is_latent(name: str) -> bool:
     return name.lower().startswith("lcf")
 
 
+def _is_kv(name: str) -> bool:
+    return name.startswith("kv_share")
+
+
+# Where a label may go relative to its point, in points: right, above, left, below, then ever
+# farther out in 16 directions (with a leader line). The first place whose box overlaps no other
+# label, no point and stays inside the axes is taken.
+_LABEL_OFFSETS = [(6, 4), (6, -12), (-6, 4), (-6, -12), (0, 10), (0, -18)] + [
+    (round(r * math.cos(a)), round(r * math.sin(a)))
+    for r in (22, 34, 48, 64, 82, 104, 130)
+    for a in [2 * math.pi * k / 16 for k in range(16)]
+]
+
+
+def _label_groups(ax, points: Sequence[ConditionResult], close_px: float = 4.0) -> list[tuple[tuple, str]]:
+    """(data position, label) per group of points drawn within `close_px` pixels of each other:
+    one label "a, b, c" for points that coincide (text_150 and text_200 often do)."""
+    groups: list[list[ConditionResult]] = []
+    where = {c.name: ax.transData.transform((c.ttft_ms, c.f1)) for c in points}
+    for c in points:
+        for g in groups:
+            if any(abs(where[c.name] - where[o.name]).max() <= close_px for o in g):
+                g.append(c)
+                break
+        else:
+            groups.append([c])
+    return [((g[0].ttft_ms, g[0].f1), ", ".join(c.name for c in g)) for g in groups]
+
+
+def place_labels(ax, points: Sequence[ConditionResult], fontsize: int = 8) -> list:
+    """Annotate every point (grouped where they coincide) so that no two labels overlap, nor a
+    label and a point: each label takes the first free place of `_LABEL_OFFSETS`. Returns the
+    annotations (their boxes are checked in tests)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()  # final axes limits and layout before measuring anything
+    fig.set_layout_engine("none")  # and frozen: a later layout pass would move points under fixed-offset labels
+    from matplotlib.text import Text  # noqa: PLC0415
+    from matplotlib.transforms import Bbox  # noqa: PLC0415
+
+    half = 9 * fig.dpi / 100  # a marker's half size in pixels (the LCF star is the largest)
+    marks = [
+        Bbox.from_extents(x - half, y - half, x + half, y + half)
+        for x, y in (ax.transData.transform((c.ttft_ms, c.f1)) for c in points)
+    ]
+    taken: list = []
+    frame = ax.get_window_extent(renderer)
+    out = []
+    for xy, label in sorted(_label_groups(ax, points), key=lambda g: (-g[0][1], g[0][0])):
+        for dx, dy in _LABEL_OFFSETS:
+            far = (dx, dy) not in _LABEL_OFFSETS[:4]  # a label away from its point gets a leader line
+            note = ax.annotate(
+                label, xy, textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom" if dy >= 0 else "top",
+                arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6) if far else None,
+            )  # fmt: skip
+            # The text's own box (an annotation's extent includes its leader line, which touches its point).
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer).expanded(1.05, 1.1)
+            clear = not any(box.overlaps(t) for t in taken) and not any(box.overlaps(m) for m in marks)
+            if clear and frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1):
+                taken.append(box)
+                out.append(note)
+                break
+            note.remove()
+        else:  # nowhere free: keep the first place (rare: very crowded plots)
+            dx, dy = _LABEL_OFFSETS[0]
+            note = ax.annotate(label, xy, textcoords="offset points", xytext=(dx, dy), fontsize=fontsize)
+            note.update_positions(renderer)
+            taken.append(Text.get_window_extent(note, renderer))
+            out.append(note)
+    return out
+
+
 def plot_f1_vs_ttft(conditions: Sequence[ConditionResult], path: str | os.PathLike, *, title: str) -> Path:
     """Save a PNG scatter of F1 against time to first token, the paper's headline trade-off.
 
     Text-to-text conditions (text_50 ... text_200) are joined in budget order, so the curve shows what
-    more message tokens buy; LCF conditions (names starting with "lcf") stand out in another colour and
-    marker. The x axis is logarithmic when the times span more than 10x. Conditions without a measured
-    TTFT cannot be placed and are left out.
+    more message tokens buy; LCF conditions (names starting with "lcf") and KV-cache messages
+    ("kv_share...") stand out in their own colours and markers. Labels never overlap (`place_labels`:
+    points that coincide share one label). The x axis is logarithmic when the times span more than
+    10x. Conditions without a measured TTFT cannot be placed and are left out.
     """
     # Matplotlib is imported here, through its object API with the Agg canvas (no pyplot, no global
     # backend switch), so importing lcf_jax.eval stays light and plotting works without a display.
@@ -209,7 +284,7 @@ def plot_f1_vs_ttft(conditions: Sequence[ConditionResult], path: str | os.PathLi
     if not points:
         raise ValueError("no condition has a positive ttft_ms, nothing to plot")
 
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(7, 4.5) if len(points) <= 12 else (9, 6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     text = sorted(
@@ -228,11 +303,14 @@ def plot_f1_vs_ttft(conditions: Sequence[ConditionResult], path: str | os.PathLi
             label="LCF",
             zorder=3,
         )
-    other = [c for c in points if c not in text and c not in latent]
+    kv = [c for c in points if _is_kv(c.name)]
+    if kv:
+        ax.scatter(
+            [c.ttft_ms for c in kv], [c.f1 for c in kv], marker="D", color="tab:green", label="KV cache", zorder=3
+        )
+    other = [c for c in points if c not in text and c not in latent and c not in kv]
     if other:
         ax.scatter([c.ttft_ms for c in other], [c.f1 for c in other], marker="s", color="tab:gray", label="baselines")
-    for c in points:
-        ax.annotate(c.name, (c.ttft_ms, c.f1), textcoords="offset points", xytext=(5, 5), fontsize=8)
 
     times = [c.ttft_ms for c in points]
     if max(times) > 10 * min(times):
@@ -246,6 +324,8 @@ def plot_f1_vs_ttft(conditions: Sequence[ConditionResult], path: str | os.PathLi
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    ax.margins(x=0.12, y=0.1)  # room for labels at the edges
+    place_labels(ax, points)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
