@@ -33,6 +33,7 @@ from lcf_jax.adapters.lcfx import spans_from_lengths, window_spans
 from lcf_jax.kv import KVCache
 from lcf_jax.messages import kv as kv_messages
 from lcf_jax.messages.kv import KVMessage
+from lcf_jax.messages.translate import KVTranslator
 from lcf_jax.models.model import CACHE_BLOCK, Model, forward
 from lcf_jax.sampling import Generation, generate, pad_batch
 
@@ -315,12 +316,18 @@ def receive(
     adapter: Adapter | None, message: Message | KVMessage, receiver_cache: KVCache, *, receiver: Model | None = None
 ) -> KVCache:
     """Apply a message to the receiver's cache. An LCF-X `Message` rewrites the receiver's own cache
-    (its length does not change). A `KVMessage` (adapter None) is placed after the opening the
-    receiver's cache holds; extend the result with the rest of the prompt. `receiver`: checked
+    (its length does not change). A `KVMessage` (adapter None for one model, a `KVTranslator` for
+    two) is placed after the opening the receiver's cache holds; extend the result with the rest
+    of the prompt. `receiver`: checked
     against the model the KV message was made for."""
     if isinstance(message, KVMessage):
-        if adapter is not None:
-            raise ValueError("a KV message from the same model needs no adapter: pass adapter=None")
+        if isinstance(adapter, KVTranslator):  # two models: the sharer's entries in the receiver's terms
+            message = adapter.translate(message)
+        elif adapter is not None:
+            raise ValueError(
+                "a KV message needs no adapter from the same model, and a KVTranslator "
+                "(lcf_jax.messages.translate) between two models"
+            )
         model = None if receiver is None else kv_messages.model_signature(receiver.config)
         return kv_messages.place(message, receiver_cache, model=model)
     graphdef, params = nnx.split(adapter)
