@@ -218,7 +218,7 @@ def _openings(opening, batch: int) -> list[list[int]]:
 
 @dataclasses.dataclass
 class KVRead:
-    """The sharer's cache of opening + context for a batch of rows, with the attention its context
+    """The sharer's cache of opening + context for a batch of rows (`cache`), with the attention its context
     entries received (from the context's own tokens, `attention_scores`, and from the question
     read after it, `question_scores`) where asked: every KV message of those rows is selected from
     one read (`select_kv`)."""
@@ -257,8 +257,9 @@ def read_kv(
         cache, scores = prefill(sharer, prompts, bucket=bucket, chunk=chunk, attention_mass=True)
     else:
         cache = prefill(sharer, prompts, bucket=bucket, chunk=chunk)
-    if questions is not None:
-        cache, question_scores = extend(sharer, cache, questions, chunk=chunk, attention_mass=True)
+    if questions is not None:  # the question's entries are not kept: `cache` holds opening + context
+        _, question_scores = extend(sharer, cache, questions, chunk=chunk, attention_mass=True)
+        question_scores = question_scores[..., : cache.capacity]  # the context's slots are all there
     starts = np.asarray([len(o) for o in openings], np.int32)
     lengths = np.asarray([len(r) for r in rows], np.int32)
     span_ids = np.full((len(rows), cache.capacity), -1, np.int32)

@@ -1,12 +1,17 @@
 """The KV-message rows of an evaluation (`Condition(kind="kv")`) and their text reference.
 
-Per batch: the receiver prefills the shared opening once; `full_context_sharer_first` extends it
-with the sharer's paragraphs and the rest of the prompt; the sharer reads the opening and its
-paragraphs once per batch (with the attention the chosen policy ranks by) and each row's message
-is selected from that one read (`communicate.read_kv` / `select_kv`); each message is placed in a
-copy of the opening cache, which is extended with the rest and answered from. The mismatched rows
-get question i+1's message (its context, its length). Layers, where a row sends a fraction of
-them, are ranked once per evaluation on the first `Setup.kv_calibration` questions.
+Per batch: the sharer reads the opening and its paragraphs once (with the attention the chosen
+policy ranks by) and each row's message is selected from that one read (`communicate.read_kv` /
+`select_kv`); `full_context_sharer_first` continues that read with the rest of the prompt (one
+model: the read is the prompt's first part); the receiver prefills the shared opening once, each
+message is placed in it (a new cache each time), extended with the rest and answered from. The
+mismatched rows get the next question's message in the batch (cyclically; its context, its
+length), or question i+1's in a batch of one. Layers, where a row sends a fraction of them, are
+ranked once per evaluation on the first `Setup.kv_calibration` questions.
+
+Cost (measured on the demo, 2-core CPU): a batch of 32 questions takes about 73 s for these six
+rows, almost all of it the receiver reading the rest of its prompt after each message and
+answering: each row is a prefill of ~95 tokens and a 16-token answer, as any condition is.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ def messages_for(
     segments: Sequence[SharerFirst],
     rows: Sequence[Condition],
     scores: np.ndarray | None,
-) -> dict[str, KVMessage]:
-    """Each condition's message for these questions, from one read of the sharer per policy."""
+) -> tuple[dict[str, KVMessage], communicate.KVRead]:
+    """Each condition's message for these questions, from one read of the sharer (which is
+    returned too)."""
     policies = {c.policy for c in rows}
     read = communicate.read_kv(
         setup.sharer,
@@ -71,12 +77,13 @@ def messages_for(
         chunk=setup.prefill_chunk,
     )
     num_layers = setup.sharer.config.num_layers
-    return {
+    messages = {
         c.name: communicate.select_kv(
             read, c.entries, policy=c.policy, layers=layers_for(c, scores, num_layers), clip=True, unit=c.unit
         )
         for c in rows
     }
+    return messages, read
 
 
 def kv_answers(
@@ -92,14 +99,24 @@ def kv_answers(
     opening = communicate.prefill(r, [s.opening for s in own], bucket=EXTEND_BUCKET)
     lasts = [s.rest[-1:] for s in own]
     answers: dict[str, list[str]] = {}
-    full = communicate.extend(r, opening, [s.context + s.rest[:-1] for s in own], bucket=EXTEND_BUCKET, chunk=chunk)
+    mismatched = [c for c in rows if c.mismatched]
+    # In a batch of several questions the mismatched rows get the next question's message of the
+    # batch (cyclically), selected from the same read; a batch of one reads question i+1.
+    within = len(index) > 1
+    messages, read = messages_for(setup, own_q, own, [c for c in rows if within or not c.mismatched], scores)
+    # The text reference reads opening + context + rest. One model: the sharer's read of opening +
+    # context is that prompt's first part (a chunked prefill, equal to one prefill), so it goes on
+    # from there.
+    full = communicate.extend(r, read.cache, [s.rest[:-1] for s in own], bucket=EXTEND_BUCKET, chunk=chunk)
+    del read
     answers[SHARER_FIRST] = answers_from(setup, full, lasts)
     del full
-    messages = messages_for(setup, own_q, own, [c for c in rows if not c.mismatched], scores)
-    mismatched = [c for c in rows if c.mismatched]
-    if mismatched:
+    if mismatched and within:
+        roll = [(k + 1) % len(index) for k in range(len(index))]
+        messages |= {c.name: messages[c.name].take_rows(roll) for c in mismatched}
+    elif mismatched:
         other = [sharer_first_segments(r, q) for q in other_q]
-        messages |= messages_for(setup, other_q, other, mismatched, scores)
+        messages |= messages_for(setup, other_q, other, mismatched, scores)[0]
     sizes = {name: m.row_nbytes().tolist() for name, m in messages.items()}
     for c in rows:
         placed = communicate.receive(None, messages.pop(c.name), opening, receiver=r)
