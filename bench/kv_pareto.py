@@ -29,13 +29,19 @@ from lcf_jax.loading import load_model
 
 
 def pareto(rows: list[dict]) -> None:
+    """Mark each row not beaten by another on every axis (F1 up, bytes and TTFT down; a missing
+    TTFT counts as equal)."""
     for r in rows:
+        r.setdefault("ttft_ms", None)
+    key = {id(r): (r["f1"], r["bytes"], r["ttft_ms"] or 0.0) for r in rows}
+    for r in rows:
+        f1, size, ttft = key[id(r)]
         r["pareto"] = not any(
             o is not r
-            and o["f1"] >= r["f1"]
-            and o["bytes"] <= r["bytes"]
-            and o["ttft_ms"] <= r["ttft_ms"]
-            and (o["f1"], -o["bytes"], -o["ttft_ms"]) != (r["f1"], -r["bytes"], -r["ttft_ms"])
+            and key[id(o)][0] >= f1
+            and key[id(o)][1] <= size
+            and key[id(o)][2] <= ttft
+            and key[id(o)] != key[id(r)]
             for o in rows
         )
 
