@@ -455,16 +455,20 @@ def answer_with_kv(
     max_new_tokens: int,
     *,
     generate_options: dict | None = None,
+    sharer: Model | None = None,
+    translator: KVTranslator | None = None,
     **send_options,
 ) -> tuple[Generation, KVMessage]:
-    """KV message end to end, one model as sharer and receiver: the sharer reads `opening` and each
-    row's context (spans of token ids) and sends a `KVMessage` (`send_options`: entries, policy,
-    layers, questions, unit, agree, clip); the receiver prefills `opening`, places the entries,
-    reads each row's `rest` (the prompt after the context) and answers greedily. Returns the
-    answers and the message."""
-    message = send(None, model, contexts, kind="kv", opening=opening, **send_options)
+    """KV message end to end, `model` as sharer and receiver (or `sharer` with its `translator`
+    to `model`): the sharer reads `opening` and each row's context (spans of token ids) and sends
+    a `KVMessage` (`send_options`: entries, policy, layers, questions, unit, agree, clip); the
+    receiver prefills `opening`, places the entries, reads each row's `rest` (the prompt after the
+    context) and answers greedily. Returns the answers and the message sent."""
+    if (sharer is None) != (translator is None):
+        raise ValueError("a second model needs its KV translator, and a translator its sharer: pass both or neither")
+    message = send(None, sharer or model, contexts, kind="kv", opening=opening, **send_options)
     cache = prefill(model, [list(opening)] * len(contexts), bucket=8)
-    cache = receive(None, message, cache, receiver=model)
+    cache = receive(translator, message, cache, receiver=model)
     cache = extend(model, cache, [list(r[:-1]) for r in rests], bucket=8)
     out = generate(
         model, [list(r[-1:]) for r in rests], max_new_tokens, cache=cache, bucket=1, **(generate_options or {})

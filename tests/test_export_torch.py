@@ -535,6 +535,33 @@ def test_kv_messages_in_transformers_give_lcf_jax_greedy_tokens(hf_pair, case):
         assert valid.sum() < sum(len(t) for row in contexts for t in row)  # some entries were left out
 
 
+def test_translated_kv_messages_in_transformers_give_lcf_jax_greedy_tokens(hf_pair, tmp_path):
+    """Two models (qwen2 3 layers K2 H8 -> qwen3 4 layers K2 H16, one tokenizer): a translator
+    fitted and saved by lcf_jax, loaded by lcf_jax.torch, gives the same answers."""
+    from lcf_jax.data.split_qa import generate_questions
+    from lcf_jax.messages.translate import fit_translator, save_translator
+
+    sharer, receiver, hf_sharer, hf_receiver = hf_pair
+    tokenizer = receiver.tokenizer
+    texts = [
+        tokenizer.encode(p, add_special_tokens=False)
+        for q in generate_questions("train", 6, seed=2)
+        for p in q.sharer_context
+    ]
+    translator, _ = fit_translator(sharer, receiver, texts)
+    torch_translator = lt.load_kv_translator(save_translator(translator, tmp_path / "t"))
+    opening = lcf_jax.sampling.chat_prompt(receiver, "Facts:")[:-4]
+    contexts = [[tokenizer.encode(p, add_special_tokens=False) for p in row if p] for row in CONTEXTS]
+    rests = [tokenizer.encode(f" Q: {p}\nA:", add_special_tokens=False) for p in PROMPTS]
+    out, _ = communicate.answer_with_kv(receiver, opening, contexts, rests, 12, sharer=sharer, translator=translator)
+    want = out.token_lists(stop_tokens=lcf_jax.sampling.stop_token_ids(receiver))
+    got, _ = lt.generate_kv(hf_receiver, tokenizer, opening, contexts, rests, max_new_tokens=12, sharer=hf_sharer,
+                            translator=torch_translator)  # fmt: skip
+    assert got == want and any(want)
+    with pytest.raises(ValueError, match="pass both or neither"):
+        lt.generate_kv(hf_receiver, tokenizer, opening, contexts, rests, translator=torch_translator)
+
+
 def test_kv_messages_in_transformers_refuse_a_cache_without_the_opening(hf_pair):
     _, model, _, hf = hf_pair
     message = lt.send_kv(hf, [2, 5, 6], [[[10, 11, 12]]])

@@ -80,6 +80,22 @@ def test_translated_entries_close_part_of_the_gap_to_the_receivers_own_context(p
     assert left < gap
 
 
+def test_a_saved_translator_loads_identically_and_bad_files_are_named(pair, fitted, tmp_path):
+    from lcf_jax.messages.translate import load_translator, save_translator
+
+    translator, _ = fitted
+    loaded = load_translator(save_translator(translator, tmp_path / "t"))
+    assert loaded.source_layers == translator.source_layers and loaded.receiver == translator.receiver
+    np.testing.assert_array_equal(loaded.key_map, translator.key_map)
+    with pytest.raises(FileNotFoundError, match="no kv_translator.json"):
+        load_translator(tmp_path / "missing")
+    from safetensors.numpy import save_file
+
+    save_file({"key_map": np.zeros((1, 2), np.float32)}, tmp_path / "t" / "kv_translator.safetensors")
+    with pytest.raises(ValueError, match="key_map has shape"):
+        load_translator(tmp_path / "t")
+
+
 def test_translator_input_is_checked(pair, fitted):
     sharer, receiver = pair
     translator, _ = fitted

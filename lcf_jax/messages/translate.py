@@ -16,7 +16,9 @@ into one the receiver's cache takes (`lcf_jax.messages.kv.place`).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -155,3 +157,57 @@ def relative_mse(translator: KVTranslator, sharer, receiver, texts: Sequence[Seq
                 for t, s in enumerate(translator.source_layers)]  # fmt: skip
         out[f"{name}_relative_mse"] = float(np.mean(errs))
     return out
+
+
+TRANSLATOR_CONFIG = "kv_translator.json"
+TRANSLATOR_WEIGHTS = "kv_translator.safetensors"
+_ARRAYS = ("key_map", "key_bias", "value_map", "value_bias")
+
+
+def save_translator(translator: KVTranslator, directory) -> Path:
+    """`directory/kv_translator.safetensors` (the maps) and `kv_translator.json` (the two models'
+    architectures and the layer map): no pickle."""
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    from lcf_jax.adapters.io import _model_config_to_json  # noqa: PLC0415
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {name: np.ascontiguousarray(getattr(translator, name)) for name in _ARRAYS}, directory / TRANSLATOR_WEIGHTS
+    )
+    config = {
+        "kind": "kv_translator",
+        "sharer": _model_config_to_json(translator.sharer),
+        "receiver": _model_config_to_json(translator.receiver),
+        "source_layers": list(translator.source_layers),
+    }
+    (directory / TRANSLATOR_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def load_translator(directory) -> KVTranslator:
+    """A translator `save_translator` wrote; a missing file or misshapen map is one clear error."""
+    from safetensors.numpy import load_file  # noqa: PLC0415
+
+    from lcf_jax.adapters.io import _model_config_from_json  # noqa: PLC0415
+
+    directory = Path(directory)
+    for name in (TRANSLATOR_CONFIG, TRANSLATOR_WEIGHTS):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory} holds no {name}: save a translator there with save_translator")
+    config = json.loads((directory / TRANSLATOR_CONFIG).read_text())
+    if config.get("kind") != "kv_translator":
+        raise ValueError(
+            f"{directory / TRANSLATOR_CONFIG} is not a KV translator's config (kind {config.get('kind')!r})"
+        )
+    sharer, receiver = _model_config_from_json(config["sharer"]), _model_config_from_json(config["receiver"])
+    arrays = load_file(str(directory / TRANSLATOR_WEIGHTS))
+    lr = receiver.num_layers
+    ins, outs = sharer.num_kv_heads * sharer.head_dim, receiver.num_kv_heads * receiver.head_dim
+    want = {"key_map": (lr, ins, outs), "value_map": (lr, ins, outs), "key_bias": (lr, outs), "value_bias": (lr, outs)}
+    for name, shape in want.items():
+        got = tuple(arrays[name].shape) if name in arrays else None
+        if got != shape:
+            raise ValueError(f"{directory / TRANSLATOR_WEIGHTS}: {name} has shape {got}, expected {shape}")
+    return KVTranslator(sharer, receiver, tuple(config["source_layers"]), **{n: arrays[n] for n in _ARRAYS})

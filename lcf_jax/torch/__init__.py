@@ -14,7 +14,7 @@ from __future__ import annotations
 from lcf_jax.torch.adapter import Adapter, AdapterConfig, AdapterFormatError, Message, ModelShape
 from lcf_jax.torch.cache import fuse, layer_tensors, receive, span_ids_from_lengths, summarize
 from lcf_jax.torch.generate import generate, stop_token_ids
-from lcf_jax.torch.kv import KVMessage, generate_kv, receive_kv, send_kv
+from lcf_jax.torch.kv import KVMessage, KVTranslator, generate_kv, load_kv_translator, receive_kv, send_kv, translate_kv
 from lcf_jax.torch.load import load_adapter, read_config
 
 __all__ = [
@@ -22,12 +22,14 @@ __all__ = [
     "AdapterConfig",
     "AdapterFormatError",
     "KVMessage",
+    "KVTranslator",
     "Message",
     "ModelShape",
     "fuse",
     "generate",
     "generate_kv",
     "layer_tensors",
+    "load_kv_translator",
     "load_adapter",
     "read_config",
     "send_kv",
@@ -36,4 +38,5 @@ __all__ = [
     "span_ids_from_lengths",
     "stop_token_ids",
     "summarize",
+    "translate_kv",
 ]

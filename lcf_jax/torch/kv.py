@@ -192,12 +192,19 @@ def generate_kv(
     *,
     max_new_tokens: int = 16,
     stop_tokens: Sequence[int] | None = None,
+    sharer: Any = None,
+    translator: KVTranslator | None = None,
     **send_options,
 ) -> tuple[list[list[int]], KVMessage]:
-    """Greedy answers of `model` (sharer and receiver) to `opening + context + rest` prompts where
-    the context reaches the receiver as a KV message (`send_kv` options). Returns the answers
-    (ids, without stop tokens) and the message."""
-    message = send_kv(model, opening, contexts, **send_options)
+    """Greedy answers of `model` (the receiver, and the sharer unless `sharer` is given with a
+    `translator`) to `opening + context + rest` prompts where the context reaches the receiver as
+    a KV message (`send_kv` options). Returns the answers (ids, without stop tokens) and the
+    message the receiver got."""
+    if (sharer is None) != (translator is None):
+        raise ValueError("a second model needs its KV translator, and a translator its sharer: pass both or neither")
+    message = send_kv(sharer or model, opening, contexts, **send_options)
+    if translator is not None:
+        message = translate_kv(translator, message, sharer, model)
     runner = _Runner(model)
     cache, mask = runner.prefill([list(opening)] * len(contexts))
     cache, mask, runner.offset = receive_kv(message, cache, mask)
@@ -208,3 +215,74 @@ def generate_kv(
         _, cache = runner(ids, mask, cache)
     stop = stop_token_ids(model, tokenizer) if stop_tokens is None else tuple(stop_tokens)
     return _greedy(runner, cache, mask, [r[-1] for r in rests], max_new_tokens, stop), message
+
+
+@dataclasses.dataclass
+class KVTranslator:
+    """A translator `lcf_jax.messages.translate.save_translator` wrote, as torch tensors: per
+    receiver layer t, sharer layer `source_layers[t]`'s pre-RoPE keys and values mapped linearly."""
+
+    source_layers: tuple[int, ...]
+    key_map: torch.Tensor  # [Lr, Ks*Hs, Kr*Hr]
+    key_bias: torch.Tensor
+    value_map: torch.Tensor
+    value_bias: torch.Tensor
+    receiver_kv_heads: int
+    receiver_head_dim: int
+
+
+def load_kv_translator(directory) -> KVTranslator:
+    """Read `kv_translator.json` and `kv_translator.safetensors` (no pickle, no JAX)."""
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    directory = Path(directory)
+    for name in ("kv_translator.json", "kv_translator.safetensors"):
+        if not (directory / name).exists():
+            raise FileNotFoundError(
+                f"{directory} holds no {name}: write one with lcf_jax.messages.translate.save_translator"
+            )
+    config = json.loads((directory / "kv_translator.json").read_text())
+    arrays = load_file(str(directory / "kv_translator.safetensors"))
+    receiver = config["receiver"]
+    return KVTranslator(
+        tuple(config["source_layers"]), arrays["key_map"], arrays["key_bias"], arrays["value_map"],
+        arrays["value_bias"], receiver["num_kv_heads"], receiver["head_dim"],
+    )  # fmt: skip
+
+
+def _rope(x: torch.Tensor, positions: torch.Tensor, model: Any, inverse: bool = False) -> torch.Tensor:
+    """Rotate-half RoPE of `model` (its rotary embedding's frequencies) on x `[B, M, K, H]` at
+    `positions` `[B, M]`; `inverse` undoes it."""
+    inv_freq = model.model.rotary_emb.inv_freq.float().to(x.device)
+    angles = positions.float()[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    sin = -angles.sin() if inverse else angles.sin()
+    return x.float() * angles.cos() + rotated.float() * sin
+
+
+def translate_kv(translator: KVTranslator, message: KVMessage, sharer: Any, receiver: Any) -> KVMessage:
+    """The sharer's message in the receiver's terms (lcf_jax's `KVTranslator.translate`)."""
+    if message.k.shape[0] <= max(translator.source_layers):
+        raise ValueError("the message lacks sharer layers the translator reads: send every layer")
+    ks, vs = [], []
+    for t, s in enumerate(translator.source_layers):
+        k, v, pos = message.k[s], message.v[s], message.positions[s]  # [B, M, Ks, Hs]
+        b, m = k.shape[:2]
+        pre = _rope(k, pos, sharer, inverse=True).reshape(b, m, -1)
+        new_k = (pre @ translator.key_map[t] + translator.key_bias[t]).reshape(
+            b, m, translator.receiver_kv_heads, translator.receiver_head_dim
+        )
+        new_v = v.float().reshape(b, m, -1) @ translator.value_map[t] + translator.value_bias[t]
+        ks.append(_rope(new_k, pos, receiver))
+        vs.append(new_v.reshape(b, m, translator.receiver_kv_heads, translator.receiver_head_dim))
+    valid = message.valid[None, :, :, None, None]
+    positions = message.positions[list(translator.source_layers)]
+    return KVMessage(
+        torch.where(valid, torch.stack(ks), 0.0), torch.where(valid, torch.stack(vs), 0.0), positions,
+        message.valid, message.starts, message.context_lengths,
+    )  # fmt: skip
