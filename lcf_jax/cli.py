@@ -428,7 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every condition on the same split-context questions: the receiver alone with the "
         "question only, half or full context; text messages of 50, 100, 150 and 200 tokens written by the "
         "sharer; and, with --checkpoint, LCF-X with its controls (another question's message, an empty "
-        "message, and the receiver-only adapter when the checkpoint has one). Answers are scored (EM, F1, "
+        "message, and the receiver-only adapter when the checkpoint has one); when sharer and receiver are one "
+        "model, KV-cache messages too (kv_share: every entry of the sharer's cache for its paragraphs; "
+        "kv_share_8/16/32: that many entries per layer, the question's attention by paragraph; another "
+        "question's message; and full_context_sharer_first, their text reference), which need no checkpoint. "
+        "Answers are scored (EM, F1, "
         "paired tests against the best text condition) and the first --latency-questions are timed one at a "
         "time. Writes results.json, results.md, f1_vs_ttft.png and answers.jsonl to --workdir and prints the "
         "table.\n\n"
@@ -442,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "lcf eval --checkpoint lcf-demo --workdir lcf-eval",
             "lcf eval --config configs/smollm2_qa.py --checkpoint RUN --data my_questions.jsonl --workdir out",
+            "lcf eval --config configs/smollm2_qa.py --data my_questions.jsonl --workdir out  # text and KV rows",
             "lcf eval --config configs/paper_lcf.py --checkpoint RUN --mcq mmlu_redux.jsonl --workdir mcq-out",
         ),
     )
