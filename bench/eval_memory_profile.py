@@ -25,7 +25,7 @@ from harness import report
 from lcf_jax import communicate, sampling
 from lcf_jax.adapters import build
 from lcf_jax.demo import demo_config
-from lcf_jax.eval import conditions
+from lcf_jax.eval import answering, conditions, sharer
 from lcf_jax.loading import load_model
 from lcf_jax.runtime import compile_count, tune_cpu_allocator
 
@@ -79,7 +79,8 @@ def main() -> None:
     stage = ["start"]
     for name in ("prefill", "extend", "receive", "send"):
         traced(communicate, name, stage)
-    traced(conditions, "generate", stage)  # the sharer's messages and every answer
+    for module in (answering, sharer):  # every generate: the sharer's messages and every answer
+        traced(module, "generate", stage)
     for name in ("sharer_messages", "latent_messages"):
         original = getattr(conditions, name)
 
