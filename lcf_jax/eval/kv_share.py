@@ -50,7 +50,7 @@ def layer_ranking(setup: Setup, questions: Sequence[Question]) -> np.ndarray | N
     return np.asarray(setup.kv_layer_scores)
 
 
-def layers_for(condition: Condition, scores: np.ndarray | None, num_layers: int) -> tuple[int, ...] | None:
+def layers_for(condition: Condition, scores: np.ndarray | None) -> tuple[int, ...] | None:
     if condition.layer_fraction == 1.0:
         return None
     return kv_messages.pick_layers(scores, condition.layer_fraction)
@@ -76,10 +76,9 @@ def messages_for(
         bucket=PROMPT_BUCKET,
         chunk=setup.prefill_chunk,
     )
-    num_layers = setup.sharer.config.num_layers
     messages = {
         c.name: communicate.select_kv(
-            read, c.entries, policy=c.policy, layers=layers_for(c, scores, num_layers), clip=True, unit=c.unit
+            read, c.entries, policy=c.policy, layers=layers_for(c, scores), clip=True, unit=c.unit
         )
         for c in rows
     }
@@ -130,10 +129,9 @@ def kv_answers(
 def describe(setup: Setup) -> dict[str, dict]:
     """What each KV row sends (results.json meta): policy, entries, layers (from the ranking)."""
     scores = None if setup.kv_layer_scores is None else np.asarray(setup.kv_layer_scores)
-    num_layers = setup.sharer.config.num_layers
     out = {}
     for c in setup.kv_rows():
-        layers = layers_for(c, scores, num_layers) if scores is not None or c.layer_fraction == 1.0 else None
+        layers = layers_for(c, scores) if scores is not None or c.layer_fraction == 1.0 else None
         out[c.name] = {
             "policy": c.policy,
             "entries": "all" if c.entries is None else c.entries,

@@ -186,7 +186,7 @@ def _kv_times(setup: Setup, q: Question, other: Question) -> dict[str, Timing]:
     for c in setup.kv_rows():
         source = other if c.mismatched else q
         seg = sharer_first_segments(r, source)
-        layers = kv_share.layers_for(c, kv_share.layer_ranking(setup, [q]), s.config.num_layers)
+        layers = kv_share.layers_for(c, kv_share.layer_ranking(setup, [q]))
         questions = [kv_share.question_tokens(setup, source)] if c.policy == "query" else None
 
         def send(seg=seg, c=c, layers=layers, questions=questions):

@@ -52,6 +52,7 @@ import numpy as np
 
 from lcf_jax.kv import KVCache
 from lcf_jax.models.config import ModelConfig
+from lcf_jax.models.model import CACHE_BLOCK
 from lcf_jax.typing import Array
 
 POLICIES = ("all", "attention", "query")
@@ -261,7 +262,7 @@ def place(message: KVMessage, cache: KVCache, *, model: str | None = None) -> KV
             f"place the message, then extend with the rest of the prompt"
         )
     needed = int(starts.max()) + message.entries
-    cache = cache.with_capacity(-(-needed // 64) * 64)
+    cache = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
     return _place(
         cache, message.k, message.v, message.valid, message.starts, message.context_lengths, layers=message.layers
     )
