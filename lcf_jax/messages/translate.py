@@ -202,7 +202,12 @@ def load_translator(directory) -> KVTranslator:
             f"{directory / TRANSLATOR_CONFIG} is not a KV translator's config (kind {config.get('kind')!r})"
         )
     sharer, receiver = _model_config_from_json(config["sharer"]), _model_config_from_json(config["receiver"])
-    arrays = load_file(str(directory / TRANSLATOR_WEIGHTS))
+    try:
+        arrays = load_file(str(directory / TRANSLATOR_WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types for a cut or foreign file
+        raise ValueError(
+            f"{directory / TRANSLATOR_WEIGHTS} is not a readable safetensors file ({type(e).__name__}: {e})"
+        ) from None
     lr = receiver.num_layers
     ins, outs = sharer.num_kv_heads * sharer.head_dim, receiver.num_kv_heads * receiver.head_dim
     want = {"key_map": (lr, ins, outs), "value_map": (lr, ins, outs), "key_bias": (lr, outs), "value_bias": (lr, outs)}

@@ -245,7 +245,12 @@ def load_kv_translator(directory) -> KVTranslator:
                 f"{directory} holds no {name}: write one with lcf_jax.messages.translate.save_translator"
             )
     config = json.loads((directory / "kv_translator.json").read_text())
-    arrays = load_file(str(directory / "kv_translator.safetensors"))
+    try:
+        arrays = load_file(str(directory / "kv_translator.safetensors"))
+    except Exception as e:  # safetensors raises its own error types for a cut or foreign file
+        raise ValueError(
+            f"{directory / 'kv_translator.safetensors'} is not a readable safetensors file ({type(e).__name__}: {e})"
+        ) from None
     receiver = config["receiver"]
     return KVTranslator(
         tuple(config["source_layers"]), arrays["key_map"], arrays["key_bias"], arrays["value_map"],
