@@ -104,6 +104,14 @@ def _train(args: argparse.Namespace) -> int:
 
     if jax.process_index() == 0:
         final = summary["final"]
+        if summary.get("kind") == "kv_translator":
+            held = summary["held_out"]
+            print(
+                f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}): final loss "
+                f"{final.get('loss', float('nan')):.4f}; held-out relative MSE keys {held['key_relative_mse']:.4f}, "
+                f"values {held['value_relative_mse']:.4f}; translator in {args.workdir}/kv_translator"
+            )
+            return 0
         print(
             f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}): "
             f"final loss {final.get('loss', float('nan')):.4f}; adapter {summary['parameters']['adapter']:,} "
@@ -155,6 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
             )
         control_dir = control_dir or args.control
         control = load_adapter(control_dir, expect_kind="lcfx") if control_dir and not args.mcq else None
+    translator = _kv_translator(args.kv_translator) if args.kv_translator else None
     config = _eval_config(args, run_dir)
     if args.mcq:
         return _eval_mcq(args, config)
@@ -172,6 +181,8 @@ def _eval(args: argparse.Namespace) -> int:
     for name, a in (("--checkpoint", adapter), ("the control", control)):
         if a is not None:
             check_adapter_fits(a, sharer, receiver, name)
+    if translator is not None:
+        check_translator_fits(translator, sharer, receiver, args.kv_translator)
     setup = Setup(
         sharer,
         receiver,
@@ -182,6 +193,7 @@ def _eval(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens,
         progress="off" if args.no_progress else "auto",
         progress_every=args.progress_every,
+        kv_translator=translator,
     )
     questions = fit_questions(setup, questions, cap=args.max_tokens, truncate=args.truncate)
     meta = {"dataset": dataset, "config": args.config or "config.json of the checkpoint", "checkpoint": args.checkpoint}
@@ -197,6 +209,29 @@ def _eval(args: argparse.Namespace) -> int:
     print((Path(args.workdir) / "results.md").read_text())  # the table and the stage times
     print(f"wrote {args.workdir}/results.json, results.md, f1_vs_ttft.png, answers.jsonl")
     return 0
+
+
+def _kv_translator(path: str):
+    """The translator at `path`: a kv_translator/ directory or the work directory that holds one."""
+    from lcf_jax.messages.translate import load_translator  # noqa: PLC0415
+    from lcf_jax.train.translator import TRANSLATOR_DIR  # noqa: PLC0415
+
+    root = Path(path)
+    return load_translator(root / TRANSLATOR_DIR if (root / TRANSLATOR_DIR).is_dir() else root)
+
+
+def check_translator_fits(translator, sharer, receiver, where: str) -> None:
+    from lcf_jax.messages.kv import model_signature  # noqa: PLC0415
+
+    if sharer is receiver:
+        raise ValueError(f"--kv-translator {where}: the config's sharer and receiver are one model, which needs none")
+    want = (model_signature(sharer.config), model_signature(receiver.config))
+    got = (model_signature(translator.sharer), model_signature(translator.receiver))
+    if got != want:
+        raise ValueError(
+            f"--kv-translator {where} maps {got[0]} -> {got[1]}, but the config's models are {want[0]} -> {want[1]}: "
+            "train one for these models (lcf train --config configs/kv_translator.py)"
+        )
 
 
 def _eval_mcq(args: argparse.Namespace, config) -> int:
@@ -252,7 +287,8 @@ def _export(args: argparse.Namespace) -> int:
     from lcf_jax.export import export_adapter  # noqa: PLC0415
 
     out = export_adapter(args.checkpoint, args.out, dtype=args.dtype, config=args.config)
-    print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with lcf_jax.torch.load_adapter({str(out)!r})")
+    loader = "load_kv_translator" if (Path(out) / "kv_translator.json").exists() else "load_adapter"
+    print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with lcf_jax.torch.{loader}({str(out)!r})")
     return 0
 
 
@@ -469,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
         "work directory brings its own)",
     )
     evaluate.add_argument(
+        "--kv-translator",
+        default=None,
+        help="a KV translator between the config's two models (its kv_translator/ directory, or the work directory "
+        "of `lcf train --config configs/kv_translator.py`): adds the KV rows when sharer and receiver differ "
+        "(default: none; one model needs none)",
+    )
+    evaluate.add_argument(
         "--data",
         default=None,
         help="split-context questions JSONL, format in lcf_jax/data/qa.py (default: generated split_qa test questions)",
@@ -568,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a trained adapter into --out as adapter.safetensors + adapter_config.json, which "
         "lcf_jax.torch.load_adapter runs with transformers models and no JAX. --checkpoint is an adapter "
         "directory, a `lcf train` work directory (its adapter/, or else its newest Orbax checkpoint), a `lcf "
-        "demo` work directory (its LCF-X adapter) or an Orbax `checkpoints` folder (or one step in it).",
+        "demo` work directory (its LCF-X adapter) or an Orbax `checkpoints` folder (or one step in it). A KV "
+        "translator (`lcf train --config configs/kv_translator.py`) exports from its work directory the same way, "
+        "as kv_translator.json + kv_translator.safetensors for lcf_jax.torch.load_kv_translator.",
         epilog=_examples(
             "lcf export --checkpoint lcf-demo --out smollm2-lcfx",
             "lcf export --checkpoint RUN --out exported --dtype bfloat16",

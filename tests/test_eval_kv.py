@@ -91,3 +91,24 @@ def test_kv_rows_need_one_model_and_valid_conditions():
         Condition("x", "kv", entries=8, policy="all")
     with pytest.raises(ValueError, match="policy must be one of"):
         kv_condition(8, policy="random")
+
+
+def test_kv_rows_between_two_models_go_through_a_translator(tmp_path):
+    """A translator joins two different models: every standard KV row answers, latency times them,
+    and a row that sends a fraction of the layers (which the translator reads) is refused."""
+    from lcf_jax.messages.translate import fit_translator
+
+    sharer, receiver = tiny_text_models(seed=2)
+    texts = [sharer.tokenizer.encode(" ".join(q.sharer_context + q.receiver_context)) for q in QUESTIONS]
+    translator, _ = fit_translator(sharer, receiver, texts)
+    setup = C.Setup(sharer, receiver, budgets=(6,), max_answer_tokens=4, batch_size=2, kv_translator=translator)
+    assert [c.name for c in setup.kv_rows()] == [c.name for c in kv_conditions()]
+    setup.kv = (*kv_conditions(entries=(4,), mismatched=4),)
+    answers = C.run_answers(setup, QUESTIONS, progress=False)
+    for name in ("full_context_sharer_first", "kv_share", "kv_share_4", "kv_share_mismatched"):
+        assert len(answers.by_condition[name]) == len(QUESTIONS)
+    timings = LAT.time_question(setup, QUESTIONS[0], QUESTIONS[1])
+    assert timings["kv_share_4"].sharer_s > 0
+    setup.kv = (kv_condition(4, layer_fraction=0.5),)
+    with pytest.raises(ValueError, match="through a translator every row sends them all"):
+        setup.kv_rows()

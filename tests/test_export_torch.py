@@ -535,11 +535,13 @@ def test_kv_messages_in_transformers_give_lcf_jax_greedy_tokens(hf_pair, case):
         assert valid.sum() < sum(len(t) for row in contexts for t in row)  # some entries were left out
 
 
-def test_translated_kv_messages_in_transformers_give_lcf_jax_greedy_tokens(hf_pair, tmp_path):
+@pytest.mark.parametrize("width", [0, 16], ids=["linear", "trunk"])
+def test_translated_kv_messages_in_transformers_give_lcf_jax_greedy_tokens(hf_pair, tmp_path, width):
     """Two models (qwen2 3 layers K2 H8 -> qwen3 4 layers K2 H16, one tokenizer): a translator
-    fitted and saved by lcf_jax, loaded by lcf_jax.torch, gives the same answers."""
+    fitted and saved by lcf_jax (linear, or with a trunk whose outputs are not zero), loaded by
+    lcf_jax.torch, gives the same answers."""
     from lcf_jax.data.split_qa import generate_questions
-    from lcf_jax.messages.translate import fit_translator, save_translator
+    from lcf_jax.messages.translate import fit_translator, init_trunk, save_translator
 
     sharer, receiver, hf_sharer, hf_receiver = hf_pair
     tokenizer = receiver.tokenizer
@@ -549,6 +551,11 @@ def test_translated_kv_messages_in_transformers_give_lcf_jax_greedy_tokens(hf_pa
         for p in q.sharer_context
     ]
     translator, _ = fit_translator(sharer, receiver, texts)
+    if width:
+        trunk = init_trunk(sharer.config, receiver.config, width, seed=1)
+        rng = np.random.default_rng(0)
+        trunk |= {n: (rng.standard_normal(trunk[n].shape) * 0.05).astype(np.float32) for n in ("k_up", "v_up")}
+        translator = dataclasses.replace(translator, arrays=translator.arrays | trunk)
     torch_translator = lt.load_kv_translator(save_translator(translator, tmp_path / "t"))
     opening = lcf_jax.sampling.chat_prompt(receiver, "Facts:")[:-4]
     contexts = [[tokenizer.encode(p, add_special_tokens=False) for p in row if p] for row in CONTEXTS]

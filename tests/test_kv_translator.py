@@ -44,7 +44,7 @@ def fitted(pair):
 
 def test_the_fit_predicts_held_out_entries_better_than_their_mean(pair, fitted):
     translator, train = fitted
-    assert translator.key_map.shape == (4, 2 * 8, 2 * 16)  # receiver layers, sharer K*H, receiver K*H
+    assert translator.arrays["key_map"].shape == (4, 2 * 8, 2 * 16)  # receiver layers, sharer K*H, receiver K*H
     held_out = relative_mse(translator, *pair, paragraphs(pair, "test", 4))
     print("relative MSE, train", train, "held out", held_out)
     assert held_out["key_relative_mse"] < 0.9 and held_out["value_relative_mse"] < 0.9
@@ -86,7 +86,7 @@ def test_a_saved_translator_loads_identically_and_bad_files_are_named(pair, fitt
     translator, _ = fitted
     loaded = load_translator(save_translator(translator, tmp_path / "t"))
     assert loaded.source_layers == translator.source_layers and loaded.receiver == translator.receiver
-    np.testing.assert_array_equal(loaded.key_map, translator.key_map)
+    np.testing.assert_array_equal(loaded.arrays["key_map"], translator.arrays["key_map"])
     with pytest.raises(FileNotFoundError, match="no kv_translator.json"):
         load_translator(tmp_path / "missing")
     from safetensors.numpy import save_file
@@ -115,4 +115,4 @@ def test_translator_input_is_checked(pair, fitted):
     other = Model.random(dataclasses.replace(sharer.config, vocab_size=50), seed=0)
     with pytest.raises(ValueError, match="share a tokenizer"):
         fit_translator(other, receiver, [[1, 2, 3]])
-    assert np.isfinite(translator.key_map).all()
+    assert np.isfinite(translator.arrays["key_map"]).all()

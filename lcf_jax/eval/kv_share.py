@@ -7,7 +7,8 @@ model: the read is the prompt's first part); the receiver prefills the shared op
 message is placed in it (a new cache each time), extended with the rest and answered from. The
 mismatched rows get the next question's message in the batch (cyclically; its context, its
 length), or question i+1's in a batch of one. Layers, where a row sends a fraction of them, are
-ranked once per evaluation on the first `Setup.kv_calibration` questions.
+ranked once per evaluation on the first `Setup.kv_calibration` questions. Between two models
+(`Setup.kv_translator`) each message is translated as it is placed.
 
 Cost (measured on the demo, 2-core CPU): a batch of 32 questions takes about 73 s for these six
 rows, almost all of it the receiver reading the rest of its prompt after each message and
@@ -105,8 +106,11 @@ def kv_answers(
     messages, read = messages_for(setup, own_q, own, [c for c in rows if within or not c.mismatched], scores)
     # The text reference reads opening + context + rest. One model: the sharer's read of opening +
     # context is that prompt's first part (a chunked prefill, equal to one prefill), so it goes on
-    # from there.
-    full = communicate.extend(r, read.cache, [s.rest[:-1] for s in own], bucket=EXTEND_BUCKET, chunk=chunk)
+    # from there; two models: the receiver reads it all.
+    if setup.sharer is r:
+        full = communicate.extend(r, read.cache, [s.rest[:-1] for s in own], bucket=EXTEND_BUCKET, chunk=chunk)
+    else:
+        full = communicate.prefill(r, [s.prompt[:-1] for s in own], bucket=EXTEND_BUCKET, chunk=chunk)
     del read
     answers[SHARER_FIRST] = answers_from(setup, full, lasts)
     del full
@@ -118,7 +122,7 @@ def kv_answers(
         messages |= messages_for(setup, other_q, other, mismatched, scores)[0]
     sizes = {name: m.row_nbytes().tolist() for name, m in messages.items()}
     for c in rows:
-        placed = communicate.receive(None, messages.pop(c.name), opening, receiver=r)
+        placed = communicate.receive(setup.kv_translator, messages.pop(c.name), opening, receiver=r)
         cache = communicate.extend(r, placed, [s.rest[:-1] for s in own], bucket=EXTEND_BUCKET, chunk=chunk)
         del placed
         answers[c.name] = answers_from(setup, cache, lasts)

@@ -197,7 +197,7 @@ def _kv_times(setup: Setup, q: Question, other: Question) -> dict[str, Timing]:
             return communicate.select_kv(read, c.entries, policy=c.policy, layers=layers, clip=True, unit=c.unit)
 
         message, sharer_s = _timed(send)
-        place = lambda cache, m=message: communicate.receive(None, m, cache, receiver=r)  # noqa: E731
+        place = lambda cache, m=message: communicate.receive(setup.kv_translator, m, cache, receiver=r)  # noqa: E731
         out[c.name] = Timing(sharer_s, *_receiver_stage(r, own.opening + own.rest, n_tok, place, len(own.opening)))
     return out
 

@@ -75,6 +75,7 @@ def fingerprint(setup: Setup, questions: Sequence[Question], latency_questions: 
         "conditions and options": digest([options]),
         "models": digest([repr(m.config), params_digest(m.params)] for m in (setup.sharer, setup.receiver)),
         "adapters": digest([name, params_digest(nnx.state(a, nnx.Param))] for name, a in adapters.items()),
+        "kv_translator": None if setup.kv_translator is None else params_digest(setup.kv_translator.arrays),
     }
 
 

@@ -37,9 +37,12 @@ class Setup:
     progress: str = "auto"  # "auto" (a bar on a terminal, log lines otherwise), "bar", "lines" or "off"
     progress_every: float = DEFAULT_EVERY  # seconds between progress lines
     # KV-message conditions (`eval/condition.py`); None: the standard ones when the sharer and the
-    # receiver are one model (`kv_conditions()`), none otherwise. A KV message is training-free
-    # only between one model and itself.
+    # receiver are one model (`kv_conditions()`) or a translator joins them, none otherwise. A KV
+    # message is training-free only between one model and itself.
     kv: tuple[Condition, ...] | None = None
+    # A `lcf_jax.messages.translate.KVTranslator` from the sharer to the receiver: KV rows between
+    # two models (each row sends every layer: the translator reads them).
+    kv_translator: Any = None
     kv_calibration: int = 8  # questions whose attention ranks the layers (KVComm), when a row sends fewer
     # The layer scores those rows pick from (`[L]`, higher first); None: ranked on the first
     # `kv_calibration` questions of the evaluation (`kv_share.layer_ranking`), then kept here.
@@ -49,12 +52,16 @@ class Setup:
         """The KV-message conditions this setup runs."""
         same = self.sharer is self.receiver
         if self.kv is None:
-            return kv_conditions() if same else ()
-        if self.kv and not same:
+            return kv_conditions() if same or self.kv_translator is not None else ()
+        if self.kv and not same and self.kv_translator is None:
             raise ValueError(
                 "KV-message conditions need the sharer and the receiver to be one model (its cache "
-                "entries are only valid for itself); pass the same Model as both, or kv=()"
+                "entries are only valid for itself) or a KV translator between them (kv_translator=; "
+                "`lcf train --config configs/kv_translator.py` trains one); pass the same Model as both, or kv=()"
             )
+        partial = [c.name for c in self.kv if c.layer_fraction != 1.0]
+        if partial and not same:
+            raise ValueError(f"{partial} send a fraction of the layers; through a translator every row sends them all")
         return tuple(self.kv)
 
     def token_budget(self) -> int:

@@ -5,6 +5,10 @@ From an adapter directory, a `lcf train` work directory (its `adapter/`), a `lcf
 directory (its LCF-X adapter), or Orbax training checkpoints. A checkpoint holds parameters only,
 so the adapter's architecture comes from the run's `config.json`, which `lcf train` writes when it
 ends; for a run that did not end, pass the experiment config it was trained with (`config=`).
+
+A KV translator (`lcf train` with configs/kv_translator.py) exports the same way: from its
+`kv_translator/` directory, its work directory or its Orbax checkpoints, as `kv_translator.json` +
+`kv_translator.safetensors` (float32), which `lcf_jax.torch.load_kv_translator` reads.
 """
 
 from __future__ import annotations
@@ -16,10 +20,20 @@ from pathlib import Path
 import ml_collections
 
 from lcf_jax.adapters import Adapter, AdapterSpec
+from lcf_jax.adapters.blocks import layer_map
 from lcf_jax.adapters.io import adapter_from_tensors, load_adapter, save_adapter
 from lcf_jax.config import load_config
+from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.messages.translate import (
+    TRANSLATOR_CONFIG,
+    KVTranslator,
+    array_shapes,
+    load_translator,
+    save_translator,
+)
 from lcf_jax.train.checkpoint import restore_params
 from lcf_jax.train.loop import adapter_spec, model_configs
+from lcf_jax.train.translator import KIND, TRANSLATOR_DIR
 from lcf_jax.train.workdir import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -84,6 +98,26 @@ def export_from_orbax(
     return save_adapter(adapter_from_orbax(checkpoint_dir, config, step=step), out, dtype=dtype)
 
 
+def _translator_dtype(dtype: str) -> None:
+    if dtype != "float32":
+        raise ValueError(f"a KV translator is exported in float32 (it is small); --dtype {dtype} is for adapters")
+
+
+def translator_from_orbax(location: OrbaxLocation, config: ml_collections.ConfigDict) -> KVTranslator:
+    """The KV translator of a translator run's Orbax checkpoint (one that did not finish)."""
+    sharer, receiver = model_configs(config)
+    step, arrays = restore_params(location.checkpoints, location.step)
+    source = layer_map(config.translator.layer_map, sharer.num_layers, receiver.num_layers)
+    want = array_shapes(sharer, receiver, config.translator.width)
+    if {n: tuple(a.shape) for n, a in arrays.items()} != want:
+        raise CheckpointError(
+            f"the checkpoint of step {step} in {location.checkpoints} does not hold the translator the config "
+            f"describes (arrays {sorted(arrays)}; expected {sorted(want)} with these shapes)"
+        )
+    log.info("restored the KV translator of step %d from %s", step, location.checkpoints)
+    return KVTranslator(sharer, receiver, tuple(source), {n: arrays[n] for n in want})
+
+
 def _warn_if_stale(adapter_dir: Path) -> None:
     """A `lcf train` run resumed with more steps and stopped early leaves newer checkpoints than its
     `adapter/` (saved only when training ends): say so, since the export is of the older adapter."""
@@ -140,6 +174,12 @@ def export_adapter(
             f"nothing at {root}: give an adapter directory, a `lcf train` or `lcf demo` work directory, or a "
             "`checkpoints` folder"
         )
+    translator = next((d for d in (root, root / TRANSLATOR_DIR) if (d / TRANSLATOR_CONFIG).exists()), None)
+    if translator is not None:  # a KV translator: its files are what lcf_jax.torch.load_kv_translator reads
+        _translator_dtype(dtype)
+        if Path(out).resolve() == translator.resolve():
+            raise ValueError(f"--out {out} is the translator directory being exported: choose another directory")
+        return save_translator(load_translator(translator), out)
     try:
         source, _ = adapter_dirs(root)
     except FileNotFoundError:
@@ -157,4 +197,7 @@ def export_adapter(
             f"checkpoints in {root / CHECKPOINTS_DIR}"
         )
     config = _orbax_config(location, config)
+    if _experiment_config(config).adapter.kind == KIND:
+        _translator_dtype(dtype)
+        return save_translator(translator_from_orbax(location, _experiment_config(config)), out)
     return export_from_orbax(location.checkpoints, config, out, dtype=dtype, step=location.step)

@@ -5,12 +5,16 @@ stacks spread over [0, 1]). A key is un-rotated with the sharer's RoPE at its po
 the receiver's pre-RoPE key space, and rotated with the receiver's RoPE at the same position (the
 two models must share a tokenizer: positions are token positions); values are mapped directly.
 
-The map is linear per layer (with a bias), fitted self-supervised in closed form: both models read
-the same texts and the target is the receiver's own pre-RoPE keys and values (ridge least squares,
-the exact minimum of the MSE for a linear map; `fit_translator`). A linear map is the first choice
-the issue asks us to measure; the LCF projector's trunk without the receiver input is the other
-(not built yet: see the issue note). `KVTranslator.translate` turns a `KVMessage` of the sharer
-into one the receiver's cache takes (`lcf_jax.messages.kv.place`).
+The map is linear per layer (with a bias), optionally plus the LCF projector's trunk without the
+receiver input (`width` d > 0; its outputs start at zero, so it adds only what the linear map
+misses). The linear map alone can be fitted self-supervised in closed form (`fit_translator`:
+ridge least squares on the receiver's own pre-RoPE keys and values for texts both models read,
+the exact MSE minimum); `lcf train` with configs/kv_translator.py trains either by gradient, from
+that fit (lcf_jax/train/translator.py). Measured on a tiny heterogeneous pair
+(experiments/kv_translator_map.py): the trunk predicts held-out entries better and leaves the
+receiver less far from reading the text itself, so it is the config's default.
+`KVTranslator.translate` turns a `KVMessage` of the sharer into one the receiver's cache takes
+(`lcf_jax.messages.kv.place`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,18 +43,89 @@ def rotate(x, positions, config: ModelConfig):
     return out.reshape(*lead, *x.shape[-3:])
 
 
+ARRAYS = ("key_map", "key_bias", "value_map", "value_bias")  # the linear map, in every translator
+# The trunk (map "trunk"): the LCF projector's trunk without the receiver input, added to the linear
+# map. z = down(concat(K, V)); two residual GELU FFN blocks of width 4d; K += k_up(z[:d/2]), V += v_up(z[d/2:]).
+TRUNK = ("down", "down_bias", "ffn0_in", "ffn0_in_bias", "ffn0_out", "ffn1_in", "ffn1_in_bias", "ffn1_out",
+         "k_up", "k_up_bias", "v_up", "v_up_bias")  # fmt: skip
+
+
+def _per_layer(x, w, b=None):
+    """x `[L, ..., I]` @ w `[L, I, O]` (+ b `[L, O]`), layer by layer."""
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    out = jnp.einsum("LNI,LIO->LNO", flat, w)
+    if b is not None:
+        out = out + b[:, None]
+    return out.reshape(*x.shape[:-1], w.shape[-1])
+
+
+def map_entries(arrays, keys, values):
+    """Pre-RoPE sharer keys and values `[Lr, ..., Ks*Hs]` (layer t holding sharer layer
+    `source_layers[t]`) -> the receiver's `[Lr, ..., Kr*Hr]`: the per-layer affine maps in
+    `arrays` (`KVTranslator.arrays`, or the parameters training differentiates), plus the trunk
+    when `arrays` holds one."""
+    k = _per_layer(keys, arrays["key_map"], arrays["key_bias"])
+    v = _per_layer(values, arrays["value_map"], arrays["value_bias"])
+    if "down" not in arrays:
+        return k, v
+    z = _per_layer(jnp.concatenate([keys, values], -1), arrays["down"], arrays["down_bias"])
+    for block in ("ffn0", "ffn1"):
+        hidden = jax.nn.gelu(_per_layer(z, arrays[f"{block}_in"], arrays[f"{block}_in_bias"]), approximate=True)
+        z = z + _per_layer(hidden, arrays[f"{block}_out"])
+    half = z.shape[-1] // 2
+    k = k + _per_layer(z[..., :half], arrays["k_up"], arrays["k_up_bias"])
+    return k, v + _per_layer(z[..., half:], arrays["v_up"], arrays["v_up_bias"])
+
+
+def array_shapes(sharer: ModelConfig, receiver: ModelConfig, width: int = 0) -> dict[str, tuple[int, ...]]:
+    """Every array of a translator between the two models; `width` 0: linear, d > 0: with a trunk of width d."""
+    lr, ins = receiver.num_layers, sharer.num_kv_heads * sharer.head_dim
+    outs = receiver.num_kv_heads * receiver.head_dim
+    shapes = {"key_map": (lr, ins, outs), "key_bias": (lr, outs)}
+    shapes |= {"value_map": (lr, ins, outs), "value_bias": (lr, outs)}
+    if width:
+        if width % 2:
+            raise ValueError(f"the trunk's width must be even (it splits into K and V halves), got {width}")
+        d, half = width, width // 2
+        shapes |= {
+            "down": (lr, 2 * ins, d), "down_bias": (lr, d),
+            "ffn0_in": (lr, d, 4 * d), "ffn0_in_bias": (lr, 4 * d), "ffn0_out": (lr, 4 * d, d),
+            "ffn1_in": (lr, d, 4 * d), "ffn1_in_bias": (lr, 4 * d), "ffn1_out": (lr, 4 * d, d),
+            "k_up": (lr, half, outs), "k_up_bias": (lr, outs), "v_up": (lr, half, outs), "v_up_bias": (lr, outs),
+        }  # fmt: skip
+    return shapes
+
+
+def init_trunk(sharer: ModelConfig, receiver: ModelConfig, width: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A trunk that adds nothing yet: lecun-normal inputs, zero output projections (a translator
+    starts where its linear map is and learns what that map misses)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in array_shapes(sharer, receiver, width).items():
+        if name in ARRAYS:
+            continue
+        if name in ("down", "ffn0_in", "ffn1_in", "ffn0_out", "ffn1_out"):
+            scale = (0.1 if name.endswith("out") else 1.0) / np.sqrt(shape[1])
+            out[name] = (rng.standard_normal(shape) * scale).astype(np.float32)
+        else:
+            out[name] = np.zeros(shape, np.float32)
+    return out
+
+
 @dataclasses.dataclass
 class KVTranslator:
-    """Per receiver layer: keys `pre_k @ key_map[t] + key_bias[t]`, values likewise, reading sharer
-    layer `source_layers[t]`. Maps are `[Ks*Hs, Kr*Hr]` float32 arrays."""
+    """Per receiver layer t, sharer layer `source_layers[t]`'s entries mapped by `arrays`: the
+    linear maps `[Lr, Ks*Hs, Kr*Hr]` and biases (`ARRAYS`), and the trunk's when it has one."""
 
     sharer: ModelConfig
     receiver: ModelConfig
     source_layers: tuple[int, ...]
-    key_map: np.ndarray  # [Lr, Ks*Hs, Kr*Hr]
-    key_bias: np.ndarray  # [Lr, Kr*Hr]
-    value_map: np.ndarray
-    value_bias: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def width(self) -> int:
+        """The trunk's width d (0: linear only)."""
+        return int(self.arrays["down"].shape[-1]) if "down" in self.arrays else 0
 
     def translate(self, message: KVMessage) -> KVMessage:
         """The receiver's message for the sharer's `message` (which must hold every sharer layer
@@ -68,9 +144,7 @@ class KVTranslator:
         lr, b, m = k.shape[:3]
         pre = rotate(k.astype(jnp.float32), -positions, self.sharer)
         kr, hr = self.receiver.num_kv_heads, self.receiver.head_dim
-        new_k = jnp.einsum("LBMI,LIO->LBMO", pre.reshape(lr, b, m, -1), self.key_map) + self.key_bias[:, None, None]
-        new_v = jnp.einsum("LBMI,LIO->LBMO", v.astype(jnp.float32).reshape(lr, b, m, -1), self.value_map)
-        new_v = new_v + self.value_bias[:, None, None]
+        new_k, new_v = map_entries(self.arrays, pre.reshape(lr, b, m, -1), v.astype(jnp.float32).reshape(lr, b, m, -1))
         new_k = rotate(new_k.reshape(lr, b, m, kr, hr), positions, self.receiver)
         valid = message.valid[None, :, :, None, None]
         return KVMessage(
@@ -135,33 +209,29 @@ def fit_translator(
             maps[f"{name}_map"].append(w)
             maps[f"{name}_bias"].append(bias)
             errors[name].append(float(((x @ w + bias - y) ** 2).mean() / max(y.var(0).mean(), 1e-12)))
-    translator = KVTranslator(
-        sharer.config, receiver.config, tuple(source), **{k: np.stack(v) for k, v in maps.items()}
-    )
+    translator = KVTranslator(sharer.config, receiver.config, tuple(source), {k: np.stack(v) for k, v in maps.items()})
     return translator, {f"{k}_relative_mse": float(np.mean(v)) for k, v in errors.items()}
 
 
 def relative_mse(translator: KVTranslator, sharer, receiver, texts: Sequence[Sequence[int]]) -> dict[str, float]:
-    """The translator's relative MSE on other texts (held out)."""
+    """The translator's relative MSE (residual / target variance, per layer, averaged) on texts
+    (held out)."""
     from lcf_jax import communicate  # noqa: PLC0415
 
     lengths = [len(t) for t in texts]
     xk, xv = _pre_rope(communicate.prefill(sharer, texts), sharer.config, lengths)
     yk, yv = _pre_rope(communicate.prefill(receiver, texts), receiver.config, lengths)
+    rows = np.asarray(translator.source_layers)
+    pk, pv = map_entries(translator.arrays, jnp.asarray(xk[rows]), jnp.asarray(xv[rows]))
     out = {}
-    for name, xs, ys, w, b in (
-        ("key", xk, yk, translator.key_map, translator.key_bias),
-        ("value", xv, yv, translator.value_map, translator.value_bias),
-    ):
-        errs = [((xs[s] @ w[t] + b[t] - ys[t]) ** 2).mean() / max(ys[t].var(0).mean(), 1e-12)
-                for t, s in enumerate(translator.source_layers)]  # fmt: skip
-        out[f"{name}_relative_mse"] = float(np.mean(errs))
+    for name, p, y in (("key", np.asarray(pk), yk), ("value", np.asarray(pv), yv)):
+        errors = ((p - y) ** 2).mean((1, 2)) / np.maximum(y.var(1).mean(-1), 1e-12)
+        out[f"{name}_relative_mse"] = float(errors.mean())
     return out
 
 
 TRANSLATOR_CONFIG = "kv_translator.json"
 TRANSLATOR_WEIGHTS = "kv_translator.safetensors"
-_ARRAYS = ("key_map", "key_bias", "value_map", "value_bias")
 
 
 def save_translator(translator: KVTranslator, directory) -> Path:
@@ -173,14 +243,15 @@ def save_translator(translator: KVTranslator, directory) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {name: np.ascontiguousarray(getattr(translator, name)) for name in _ARRAYS}, directory / TRANSLATOR_WEIGHTS
-    )
+    save_file({name: np.ascontiguousarray(a, np.float32) for name, a in translator.arrays.items()},
+              str(directory / TRANSLATOR_WEIGHTS))  # fmt: skip
     config = {
         "kind": "kv_translator",
         "sharer": _model_config_to_json(translator.sharer),
         "receiver": _model_config_to_json(translator.receiver),
         "source_layers": list(translator.source_layers),
+        "map": "trunk" if translator.width else "linear",
+        "width": translator.width,
     }
     (directory / TRANSLATOR_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory
@@ -208,11 +279,9 @@ def load_translator(directory) -> KVTranslator:
         raise ValueError(
             f"{directory / TRANSLATOR_WEIGHTS} is not a readable safetensors file ({type(e).__name__}: {e})"
         ) from None
-    lr = receiver.num_layers
-    ins, outs = sharer.num_kv_heads * sharer.head_dim, receiver.num_kv_heads * receiver.head_dim
-    want = {"key_map": (lr, ins, outs), "value_map": (lr, ins, outs), "key_bias": (lr, outs), "value_bias": (lr, outs)}
+    want = array_shapes(sharer, receiver, int(config.get("width", 0)))
     for name, shape in want.items():
         got = tuple(arrays[name].shape) if name in arrays else None
         if got != shape:
             raise ValueError(f"{directory / TRANSLATOR_WEIGHTS}: {name} has shape {got}, expected {shape}")
-    return KVTranslator(sharer, receiver, tuple(config["source_layers"]), **{n: arrays[n] for n in _ARRAYS})
+    return KVTranslator(sharer, receiver, tuple(config["source_layers"]), {n: arrays[n] for n in want})

@@ -220,15 +220,28 @@ def generate_kv(
 @dataclasses.dataclass
 class KVTranslator:
     """A translator `lcf_jax.messages.translate.save_translator` wrote, as torch tensors: per
-    receiver layer t, sharer layer `source_layers[t]`'s pre-RoPE keys and values mapped linearly."""
+    receiver layer t, sharer layer `source_layers[t]`'s pre-RoPE keys and values mapped by the
+    linear maps (`key_map` `[Lr, Ks*Hs, Kr*Hr]`, ...) plus the trunk when there is one."""
 
     source_layers: tuple[int, ...]
-    key_map: torch.Tensor  # [Lr, Ks*Hs, Kr*Hr]
-    key_bias: torch.Tensor
-    value_map: torch.Tensor
-    value_bias: torch.Tensor
+    arrays: dict[str, torch.Tensor]
     receiver_kv_heads: int
     receiver_head_dim: int
+
+    def map(self, t: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Receiver layer t's pre-RoPE keys and values `[..., Kr*Hr]` from the sharer's `[..., Ks*Hs]`
+        (lcf_jax's `map_entries`)."""
+        a = {name: x[t] for name, x in self.arrays.items()}
+        k = keys @ a["key_map"] + a["key_bias"]
+        v = values @ a["value_map"] + a["value_bias"]
+        if "down" not in a:
+            return k, v
+        z = torch.cat([keys, values], -1) @ a["down"] + a["down_bias"]
+        for block in ("ffn0", "ffn1"):
+            hidden = torch.nn.functional.gelu(z @ a[f"{block}_in"] + a[f"{block}_in_bias"], approximate="tanh")
+            z = z + hidden @ a[f"{block}_out"]
+        half = z.shape[-1] // 2
+        return k + z[..., :half] @ a["k_up"] + a["k_up_bias"], v + z[..., half:] @ a["v_up"] + a["v_up_bias"]
 
 
 def load_kv_translator(directory) -> KVTranslator:
@@ -252,10 +265,7 @@ def load_kv_translator(directory) -> KVTranslator:
             f"{directory / 'kv_translator.safetensors'} is not a readable safetensors file ({type(e).__name__}: {e})"
         ) from None
     receiver = config["receiver"]
-    return KVTranslator(
-        tuple(config["source_layers"]), arrays["key_map"], arrays["key_bias"], arrays["value_map"],
-        arrays["value_bias"], receiver["num_kv_heads"], receiver["head_dim"],
-    )  # fmt: skip
+    return KVTranslator(tuple(config["source_layers"]), arrays, receiver["num_kv_heads"], receiver["head_dim"])
 
 
 def _rope(x: torch.Tensor, positions: torch.Tensor, model: Any, inverse: bool = False) -> torch.Tensor:
@@ -279,10 +289,8 @@ def translate_kv(translator: KVTranslator, message: KVMessage, sharer: Any, rece
         k, v, pos = message.k[s], message.v[s], message.positions[s]  # [B, M, Ks, Hs]
         b, m = k.shape[:2]
         pre = _rope(k, pos, sharer, inverse=True).reshape(b, m, -1)
-        new_k = (pre @ translator.key_map[t] + translator.key_bias[t]).reshape(
-            b, m, translator.receiver_kv_heads, translator.receiver_head_dim
-        )
-        new_v = v.float().reshape(b, m, -1) @ translator.value_map[t] + translator.value_bias[t]
+        new_k, new_v = translator.map(t, pre, v.float().reshape(b, m, -1))
+        new_k = new_k.reshape(b, m, translator.receiver_kv_heads, translator.receiver_head_dim)
         ks.append(_rope(new_k, pos, receiver))
         vs.append(new_v.reshape(b, m, translator.receiver_kv_heads, translator.receiver_head_dim))
     valid = message.valid[None, :, :, None, None]

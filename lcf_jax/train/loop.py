@@ -176,7 +176,12 @@ def train(
     models: tuple[Model, Model] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the training the config describes; returns the final summary. `models`
-    (sharer, receiver) replaces loading them from the config (e.g. models already in memory)."""
+    (sharer, receiver) replaces loading them from the config (e.g. models already in memory).
+    `adapter.kind = "kv_translator"` trains a KV translator instead (`lcf_jax.train.translator`)."""
+    if config.adapter.kind == "kv_translator":
+        from lcf_jax.train.translator import train_translator  # noqa: PLC0415 - it imports this module
+
+        return train_translator(config, workdir, progress=progress, models=models)
     workdir = Path(workdir)
     primary = jax.process_index() == 0
     if primary:
