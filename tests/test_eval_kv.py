@@ -78,6 +78,16 @@ def test_latency_and_results_have_the_kv_rows(setup, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["conditions"]
     assert rows["kv_share_8"]["message_bytes"] > rows["kv_share_4"]["message_bytes"] > 0
+    for name, row in rows.items():  # every row has its F1 interval; the KV rows their paired control
+        low, high = row["f1_ci95"]
+        assert low <= row["f1"] <= high, name
+        if name.startswith("kv_share") and name != "kv_share_mismatched":
+            delta = row["delta_vs_mismatched"]
+            assert delta["lo"] <= delta["mean"] <= delta["hi"], name
+            assert delta["mean"] == pytest.approx(row["f1"] - rows["kv_share_mismatched"]["f1"]), name
+        else:
+            assert row["delta_vs_mismatched"] is None, name
+    assert "F1 - mismatched [95% CI]" in (tmp_path / "results.md").read_text()
     kv = results["meta"]["kv"]
     assert len(kv["kv_share_4_L50"]["layers"]) == 2 and kv["kv_share_8"]["policy"] == "query"
 

@@ -3,6 +3,7 @@ and the report (results.json, markdown table, plot), checked against hand-comput
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -311,9 +312,30 @@ def test_plot_labels_never_overlap_on_a_crowded_plot():
     assert all(name in labels for name, _, _ in rows)  # every condition is named (some share a label)
 
 
+def test_bootstrap_intervals_cover_the_mean_and_pair_the_questions():
+    from lcf_jax.eval.significance import bootstrap_ci, paired_difference
+
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 100, 300)
+    low, high = bootstrap_ci(values)
+    assert low < values.mean() < high and bootstrap_ci(values) == (low, high)  # seeded: reproducible
+    # The normal approximation's half-width, 1.96 sd / sqrt(n), within 10%.
+    assert abs((high - low) / 2 - 1.96 * values.std() / np.sqrt(300)) < 0.1 * (high - low) / 2
+    assert bootstrap_ci(values[:30])[1] - bootstrap_ci(values[:30])[0] > high - low  # fewer questions: wider
+    # Paired: a constant +5 on every question is exactly +5, however noisy the questions are.
+    assert paired_difference(values + 5, values) == {"mean": 5.0, "lo": 5.0, "hi": 5.0}
+    noisy = paired_difference(values + rng.normal(2, 1, 300), values)
+    assert 1.5 < noisy["lo"] < noisy["mean"] < noisy["hi"] < 2.5
+    with pytest.raises(ValueError, match="same questions"):
+        paired_difference(values, values[:10])
+
+
 def test_results_json_round_trip(tmp_path):
     sig = {"lcfx": {"mcnemar_p": 0.000123456, "wilcoxon_p": 0.0456, "b": 30, "c": 9}}
     conditions = with_significance(_conditions(), sig)
+    conditions[-1] = dataclasses.replace(
+        conditions[-1], f1_ci95=(40.5, 52.25), delta_vs_mismatched={"mean": 3.5, "lo": -1.0, "hi": 8.0}
+    )
     meta = {"receiver": "smollm2-135m", "dataset": "hotpotqa-bridge", "reference": "full"}
     path = write_results(tmp_path / "run", conditions, meta=meta)
     assert path == tmp_path / "run" / "results.json"

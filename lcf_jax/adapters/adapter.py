@@ -45,6 +45,8 @@ class AdapterSpec:
     message_injection: str = "broadcast"  # lcfx: "broadcast" (the paper) or "prefix" (slots as extra entries)
     receiver_conditioned: bool = False  # lcfx: span queries conditioned on the receiver's cache
     compute_dtype: str = "float32"  # the projectors' matmul inputs ("bfloat16": faster, params stay float32)
+    up_init: str = "lecun"  # lcf/lcfx: "zeros" starts the residuals at zero (the receiver intact)
+    gate_inference: str = "hard"  # lcf/lcfx: "hard" (logit > 0, the paper) or "soft" (sigmoid(logit))
 
     @property
     def sharer_width(self) -> int:
@@ -118,8 +120,9 @@ class Adapter(nnx.Module):
                     spec.sharer_width, r.num_kv_heads, r.head_dim, hidden=spec.hidden_width, rngs=rngs, **common
                 )
             return LCFProjector(
-                spec.sharer_width, r.num_kv_heads, r.head_dim, latent_width=spec.latent_width, rngs=rngs, **common
-            )
+                spec.sharer_width, r.num_kv_heads, r.head_dim, latent_width=spec.latent_width, rngs=rngs,
+                up_init=spec.up_init, soft_gates=spec.gate_inference == "soft", **common,
+            )  # fmt: skip
 
         self.projectors = make_projectors(rngs)
         if spec.kind == "lcfx":
@@ -290,7 +293,8 @@ class Adapter(nnx.Module):
         starts = cache.lengths
         # Inference: a layer sees the entries if a gate is open. Training: soft gates scale the
         # entries, which stay visible.
-        open_gate = jnp.any(self.gate_logits() > 0, axis=-1) if rng is None else jnp.ones((n,), bool)  # [N]
+        hard = rng is None and spec.gate_inference == "hard"
+        open_gate = jnp.any(self.gate_logits() > 0, axis=-1) if hard else jnp.ones((n,), bool)  # [N]
         layer_sees = jnp.zeros((r.num_layers,), bool).at[idx].set(open_gate)  # [L]
         visible = jnp.ones(cache.k.shape[:3], bool) if cache.entry_mask is None else cache.entry_mask
         slot = jnp.arange(cache.capacity)[None, :]

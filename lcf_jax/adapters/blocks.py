@@ -27,7 +27,15 @@ LAYER_MAPS = ("last_aligned", "k_nearest")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def linear(in_features: int, out_features: int, *, compute_dtype: str, rngs: nnx.Rngs, use_bias: bool = True):
+def linear(
+    in_features: int,
+    out_features: int,
+    *,
+    compute_dtype: str,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    kernel_init=None,
+):
     """An `nnx.Linear` with float32 parameters that multiplies in `compute_dtype` and accumulates
     and returns float32 (bfloat16 inputs double matmul throughput on accelerators and on CPUs with
     AVX512-BF16; everything outside the matmuls stays float32)."""
@@ -38,6 +46,7 @@ def linear(in_features: int, out_features: int, *, compute_dtype: str, rngs: nnx
         use_bias=use_bias,
         dtype=jnp.dtype(compute_dtype) if low else None,
         preferred_element_type=jnp.float32 if low else None,
+        kernel_init=kernel_init or nnx.initializers.lecun_normal(),
         rngs=rngs,
     )
 
@@ -94,13 +103,18 @@ class FFNBlock(nnx.Module):
         return x + dropout(h, self.dropout_rate, rng)
 
 
-def gate(logit: Array, noise_shape: tuple[int, ...], rng: Array | None, temperature: Array | float) -> Array:
+def gate(
+    logit: Array, noise_shape: tuple[int, ...], rng: Array | None, temperature: Array | float, soft: bool = False
+) -> Array:
     """Gumbel-sigmoid gate of one scalar logit, shaped `noise_shape`.
 
     Training (`rng` given): sigmoid((logit + g) / tau) with standard Gumbel noise g drawn per element
-    (per batch row, token and head, as C2C does). Inference: the hard gate `logit > 0`."""
+    (per batch row, token and head, as C2C does). Inference: the hard gate `logit > 0` (the paper),
+    or with `soft` its probability sigmoid(logit), the gate's mean in training at tau = 1 (an open
+    hard gate passes 1/sigmoid(logit) times what training passed on average)."""
     if rng is None:
-        return jnp.broadcast_to((logit > 0).astype(jnp.float32), noise_shape)
+        value = jax.nn.sigmoid(logit) if soft else (logit > 0).astype(jnp.float32)
+        return jnp.broadcast_to(value, noise_shape)
     u = _random(lambda key, shape: jax.random.uniform(key, shape, jnp.float32), rng, noise_shape)
     g = -jnp.log(-jnp.log(u + 1e-20) + 1e-20)
     return jax.nn.sigmoid((logit + g) / temperature)

@@ -42,6 +42,8 @@ def make_spec(
     message_injection: str = "broadcast",
     receiver_conditioned: bool = False,
     compute_dtype: str = "float32",
+    up_init: str = "lecun",
+    gate_inference: str = "hard",
 ) -> AdapterSpec:
     if kind not in KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
@@ -53,6 +55,12 @@ def make_spec(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if kind != "lcfx" and (message_slots != 1 or receiver_conditioned or message_injection != "broadcast"):
         raise ValueError("message_slots, message_injection and receiver_conditioned are LCF-X options (kind='lcfx')")
+    if up_init not in ("lecun", "zeros"):
+        raise ValueError(f"up_init must be 'lecun' or 'zeros', got {up_init!r}")
+    if gate_inference not in ("hard", "soft"):
+        raise ValueError(f"gate_inference must be 'hard' or 'soft', got {gate_inference!r}")
+    if kind == "c2c" and (up_init != "lecun" or gate_inference != "hard"):
+        raise ValueError("up_init and gate_inference are options of the LCF projector (kind 'lcf' or 'lcfx')")
     if message_injection not in ("broadcast", "prefix"):
         raise ValueError(f"message_injection must be 'broadcast' or 'prefix', got {message_injection!r}")
     if message_injection == "broadcast" and message_slots != 1:
@@ -85,6 +93,8 @@ def make_spec(
         message_injection=message_injection,
         receiver_conditioned=receiver_conditioned,
         compute_dtype=compute_dtype,
+        up_init=up_init,
+        gate_inference=gate_inference,
     )
 
 

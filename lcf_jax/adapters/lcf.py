@@ -31,6 +31,8 @@ class LCFProjector(nnx.Module):
         activation: str = "gelu",
         gate_init: float = 0.0,
         compute_dtype: str = "float32",
+        up_init: str = "lecun",
+        soft_gates: bool = False,
         rngs: nnx.Rngs,
     ):
         if latent_width % 2:
@@ -43,8 +45,12 @@ class LCFProjector(nnx.Module):
         self.ffn_1 = FFNBlock(d, 4 * d, **ffn)
         self.k_weight = linear(d, receiver_heads, **lin)
         self.v_weight = linear(d, receiver_heads, **lin)
-        self.k_up = linear(d // 2, out, **lin)
-        self.v_up = linear(d // 2, out, **lin)
+        # "zeros": the residuals start at zero, so the untrained adapter leaves the receiver intact
+        # (with lecun-normal they are RMS ~0.4-1.1 per element against receiver values of 0.05-0.7).
+        up = dict(kernel_init=nnx.initializers.zeros) if up_init == "zeros" else {}
+        self.k_up = linear(d // 2, out, **lin, **up)
+        self.v_up = linear(d // 2, out, **lin, **up)
+        self.soft_gates = soft_gates
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.k_gate_logit = nnx.Param(jnp.full((), gate_init, jnp.float32))
         self.v_gate_logit = nnx.Param(jnp.full((), gate_init, jnp.float32))
@@ -70,6 +76,6 @@ class LCFProjector(nnx.Module):
         alpha_k, alpha_v = jax.nn.sigmoid(self.k_weight(z)), jax.nn.sigmoid(self.v_weight(z))  # [B, S, K_R]
         delta_k = self.k_up(z[..., :half]).reshape(b, s, heads, head_dim)
         delta_v = self.v_up(z[..., half:]).reshape(b, s, heads, head_dim)
-        g_k = gate(self.k_gate_logit[...], (b, s, heads, 1), rk_gate, temperature)
-        g_v = gate(self.v_gate_logit[...], (b, s, heads, 1), rv_gate, temperature)
+        g_k = gate(self.k_gate_logit[...], (b, s, heads, 1), rk_gate, temperature, self.soft_gates)
+        g_v = gate(self.v_gate_logit[...], (b, s, heads, 1), rv_gate, temperature, self.soft_gates)
         return g_k * alpha_k[..., None] * delta_k, g_v * alpha_v[..., None] * delta_v

@@ -41,6 +41,9 @@ class ConditionResult:
     mcnemar_p: float | None = None
     wilcoxon_p: float | None = None
     note: str = ""
+    f1_ci95: tuple[float, float] | None = None  # percentile bootstrap over questions
+    # Latent and KV rows: F1 minus their mismatched control's, paired bootstrap {mean, lo, hi}.
+    delta_vs_mismatched: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The fields except `name` (the key it is stored under), as plain JSON types: numpy scalars
@@ -52,6 +55,10 @@ class ConditionResult:
             value = getattr(self, f.name)
             if value is None or isinstance(value, str):
                 out[f.name] = value
+            elif f.name == "f1_ci95":
+                out[f.name] = [float(x) for x in value]
+            elif f.name == "delta_vs_mismatched":
+                out[f.name] = {k: float(x) for k, x in value.items()}
             elif f.name in ("n", "message_bytes"):
                 out[f.name] = int(value)
             else:
@@ -66,6 +73,9 @@ class ConditionResult:
         missing = sorted(k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING)
         if unknown or missing:
             raise ValueError(f"condition {name!r}: unknown fields {unknown}, missing fields {missing}")
+        data = dict(data)
+        if data.get("f1_ci95") is not None:
+            data["f1_ci95"] = tuple(data["f1_ci95"])
         return cls(name=name, **data)
 
 
@@ -163,8 +173,8 @@ def markdown_table(conditions: Sequence[ConditionResult], reference: str | None 
         raise ValueError(f"reference condition {reference!r} not among {[c.name for c in conditions]}")
     vs = f" vs {reference}" if reference else ""
     columns = [
-        "condition", "F1", "EM", "TTFT ms", "answer ms", "message bytes", "n",
-        f"p (McNemar EM){vs}", f"p (Wilcoxon F1){vs}",
+        "condition", "F1", "F1 95% CI", "EM", "TTFT ms", "answer ms", "message bytes", "n",
+        f"p (McNemar EM){vs}", f"p (Wilcoxon F1){vs}", "F1 - mismatched [95% CI]",
     ]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for c in conditions:
@@ -172,6 +182,7 @@ def markdown_table(conditions: Sequence[ConditionResult], reference: str | None 
         row = [
             c.name,
             _num(c.f1),
+            "-" if c.f1_ci95 is None else f"[{c.f1_ci95[0]:.1f}, {c.f1_ci95[1]:.1f}]",
             _num(c.em),
             _num(c.ttft_ms),
             _num(c.answer_ms),
@@ -179,9 +190,14 @@ def markdown_table(conditions: Sequence[ConditionResult], reference: str | None 
             str(c.n),
             "ref" if is_ref else _pval(c.mcnemar_p),
             "ref" if is_ref else _pval(c.wilcoxon_p),
+            _delta(c.delta_vs_mismatched),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _delta(d: Mapping[str, float] | None) -> str:
+    return "-" if d is None else f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
 
 
 # ------------------------------------------------------------------------------------------- plot
@@ -312,6 +328,14 @@ def plot_f1_vs_ttft(conditions: Sequence[ConditionResult], path: str | os.PathLi
     if other:
         ax.scatter([c.ttft_ms for c in other], [c.f1 for c in other], marker="s", color="tab:gray", label="baselines")
 
+    with_ci = [c for c in points if c.f1_ci95 is not None]
+    if with_ci:  # each point's 95% bootstrap interval on F1, as a thin vertical bar
+        ax.errorbar(
+            [c.ttft_ms for c in with_ci],
+            [c.f1 for c in with_ci],
+            yerr=[[c.f1 - c.f1_ci95[0] for c in with_ci], [c.f1_ci95[1] - c.f1 for c in with_ci]],
+            fmt="none", ecolor="black", alpha=0.35, elinewidth=1, capsize=2, zorder=2,
+        )  # fmt: skip
     times = [c.ttft_ms for c in points]
     if max(times) > 10 * min(times):
         ax.set_xscale("log")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flax import nnx
 
 from lcf_jax.data.qa import Question
@@ -31,7 +32,7 @@ from lcf_jax.eval.report import (
     with_significance,
     write_results,
 )
-from lcf_jax.eval.significance import compare_to
+from lcf_jax.eval.significance import bootstrap_ci, compare_to, paired_difference
 
 log = logging.getLogger("lcf_jax.eval")
 
@@ -58,6 +59,33 @@ def input_fingerprint(questions: Sequence[Question], latency_questions: int) -> 
         "questions": f"{len(questions)} questions, {questions_digest(questions)}",
         "latency_questions": latency_questions,
     }
+
+
+def mismatched_controls(setup: Setup) -> dict[str, str]:
+    """Each message-carrying row and the control that sends another question's message instead:
+    lcfx (and its empty-message and receiver-only controls) against mismatched_message, the KV rows
+    against kv_share_mismatched."""
+    names = setup.conditions()
+    out = {n: "mismatched_message" for n in ("lcfx", "empty_message", "receiver_only") if n in names}
+    kv = [c.name for c in setup.kv_rows()]
+    if "kv_share_mismatched" in kv:
+        out |= {n: "kv_share_mismatched" for n in kv if n != "kv_share_mismatched"}
+    return {n: c for n, c in out.items() if c in names}
+
+
+def with_intervals(
+    results: Sequence[ConditionResult], scores: dict[str, Any], controls: dict[str, str]
+) -> list[ConditionResult]:
+    """Each row with its F1's 95% bootstrap interval and, where it has a mismatched control, the
+    paired interval of the difference (F1 in points, 0-100)."""
+    out = []
+    for r in results:
+        f1 = 100 * np.asarray(scores[r.name]["f1"], np.float64)
+        delta = None
+        if r.name in controls:
+            delta = paired_difference(f1, 100 * np.asarray(scores[controls[r.name]]["f1"], np.float64))
+        out.append(dataclasses.replace(r, f1_ci95=bootstrap_ci(f1), delta_vs_mismatched=delta))
+    return out
 
 
 def fingerprint(setup: Setup, questions: Sequence[Question], latency_questions: int) -> dict[str, Any]:
@@ -122,6 +150,7 @@ def evaluate(
         for name in setup.conditions()
     ]
     results = with_significance(results, compare_to(reference, scores))
+    results = with_intervals(results, scores, mismatched_controls(setup))
     meta = {
         "reference": reference,
         "sharer": repr(setup.sharer),

@@ -134,3 +134,37 @@ def compare_to(
             p_wilcoxon = wilcoxon_signed_rank(cond["f1"], ref["f1"], alternative)[1]
         out[name] = {"mcnemar_p": p_mcnemar, "wilcoxon_p": p_wilcoxon, "b": b, "c": c}
     return out
+
+
+# Bootstrap intervals: resample the questions with replacement (the same resamples for every
+# condition of a run, seeded, so a rerun reproduces them) and take the 2.5th and 97.5th percentiles
+# of the mean. Paired: the difference of two conditions is resampled question by question.
+RESAMPLES = 10_000
+
+
+def _resample_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    index = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    return values[index].mean(axis=1)
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-question `values`."""
+    arr = np.asarray(values, np.float64)
+    if arr.ndim != 1 or not len(arr):
+        raise ValueError(f"need a non-empty 1-d array of per-question values, got shape {arr.shape}")
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(_resample_means(arr, resamples, seed), [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired_difference(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, float]:
+    """Mean of a - b over the same questions and its paired 95% bootstrap interval: {mean, lo, hi}."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same questions: got {a.shape} and {b.shape}")
+    low, high = bootstrap_ci(a - b, resamples=resamples, seed=seed)
+    return {"mean": float((a - b).mean()), "lo": low, "hi": high}

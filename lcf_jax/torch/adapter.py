@@ -70,6 +70,7 @@ class AdapterConfig:
     message_injection: str
     receiver_conditioned: bool
     compute_dtype: str
+    gate_inference: str = "hard"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = CONFIG_FILE) -> AdapterConfig:
@@ -102,6 +103,7 @@ class AdapterConfig:
                 message_injection=data.get("message_injection", "broadcast"),
                 receiver_conditioned=bool(data.get("receiver_conditioned", False)),
                 compute_dtype=data.get("compute_dtype", "float32"),
+                gate_inference=data.get("gate_inference", "hard"),
             )
         except AdapterFormatError:
             raise
@@ -126,6 +128,8 @@ class AdapterConfig:
             problems.append(f"unknown activation {self.activation!r} (known: {sorted(ACTIVATIONS)})")
         if self.compute_dtype not in COMPUTE_DTYPES:
             problems.append(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+        if self.gate_inference not in ("hard", "soft"):
+            problems.append(f"unknown gate_inference {self.gate_inference!r}")
         if self.message_injection not in ("broadcast", "prefix"):
             problems.append(f"unknown message_injection {self.message_injection!r}")
         if problems:
@@ -175,8 +179,9 @@ class Adapter(nn.Module):
             )
         else:
             self.projectors = LCFProjector(
-                n, s.kv_width, r.num_kv_heads, r.head_dim, latent_width=config.latent_width, **common
-            )
+                n, s.kv_width, r.num_kv_heads, r.head_dim, latent_width=config.latent_width,
+                soft_gates=config.gate_inference == "soft", **common,
+            )  # fmt: skip
         if config.kind == "lcfx":
             self.pool = SpanPool(
                 n,

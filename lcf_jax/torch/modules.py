@@ -117,9 +117,11 @@ class LCFProjector(nn.Module):
         latent_width: int,
         activation: str = "gelu",
         round_to: str = "float32",
+        soft_gates: bool = False,
     ):
         super().__init__()
         d, out = latent_width, receiver_heads * receiver_head_dim
+        self.soft_gates = soft_gates  # gate_inference="soft": sigmoid(logit) instead of logit > 0
         lin = dict(round_to=round_to)
         self.down = StackedLinear(n, 2 * sharer_width + 2 * out, d, **lin)
         self.ffn_0 = StackedFFN(n, d, 4 * d, activation=activation, **lin)
@@ -148,7 +150,10 @@ class LCFProjector(nn.Module):
         alpha_k, alpha_v = torch.sigmoid(self.k_weight(z)), torch.sigmoid(self.v_weight(z))  # [N, B, S, K_R]
         delta_k = self.k_up(z[..., :half]).view(n, b, s, *self.receiver_shape)
         delta_v = self.v_up(z[..., half:]).view(n, b, s, *self.receiver_shape)
-        g_k, g_v = hard_gate(self.k_gate_logit, 5), hard_gate(self.v_gate_logit, 5)
+        if self.soft_gates:
+            g_k, g_v = (_per_layer(torch.sigmoid(x), 5) for x in (self.k_gate_logit, self.v_gate_logit))
+        else:
+            g_k, g_v = hard_gate(self.k_gate_logit, 5), hard_gate(self.v_gate_logit, 5)
         return g_k * alpha_k[..., None] * delta_k, g_v * alpha_v[..., None] * delta_v
 
 

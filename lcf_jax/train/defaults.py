@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.tau_initial = 1.0
     config.train.tau_final = 0.001
     config.train.anneal_steps = 1929
+    # LCF-X recipe options where the paper is silent (ours; 0 / 1.0 leave the paper's recipe):
+    config.train.bypass_weight = 0.0  # anti-bypass hinge weight (train/step.py token_losses)
+    config.train.bypass_margin = 0.5  # its margin, nats per token
+    config.train.pool_lr_scale = 1.0  # learning-rate multiplier of the span pool's parameters
 
     # data=-1 takes the devices fsdp x tensor leave; num_devices=0 uses them all (N: the first N).
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=0))

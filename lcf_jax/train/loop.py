@@ -24,7 +24,7 @@ from lcf_jax.data.chat import load_chat_examples
 from lcf_jax.data.examples import Example
 from lcf_jax.data.pipeline import BatchIterator
 from lcf_jax.data.qa import load_question_examples, question_example
-from lcf_jax.data.synthetic import copy_task
+from lcf_jax.data.synthetic import copy_task, sharer_only_task
 from lcf_jax.loading import load_model
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.model import Model
@@ -88,6 +88,8 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
             lcfx=config.adapter.kind == "lcfx",
             fixed_response=data.fixed_response,
         )
+    if data.kind == "sharer_only":  # LCF-X: the answer is only in the sharer's spans
+        return sharer_only_task(data.count, vocab=receiver.config.vocab_size, seed=data.seed)
     if data.kind == "jsonl":
         if receiver.tokenizer is None:
             raise ValueError("data.kind='jsonl' needs a receiver with a tokenizer (its chat template)")
@@ -116,7 +118,9 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
             question_example(q, receiver.tokenizer, sharer.tokenizer, sees_question=data.sharer_sees_question)
             for q in questions
         ]
-    raise ValueError(f"unknown data.kind {data.kind!r}; choose 'synthetic', 'jsonl' (chat), 'qa_jsonl' or 'split_qa'")
+    raise ValueError(
+        f"unknown data.kind {data.kind!r}; choose 'synthetic', 'sharer_only', 'jsonl' (chat), 'qa_jsonl' or 'split_qa'"
+    )
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -197,6 +201,7 @@ def train(
         warmup_fraction=t.warmup_fraction,
         weight_decay=t.weight_decay,
         clip=t.clip,
+        pool_lr_scale=t.get("pool_lr_scale", 1.0),  # configs saved before the option lack it
     )
 
     with_control = bool(config.adapter.with_control)
@@ -248,6 +253,8 @@ def train(
         seed=config.seed,
         receiver_only=config.adapter.receiver_only,
         with_control=with_control,
+        bypass_weight=t.get("bypass_weight", 0.0),
+        bypass_margin=t.get("bypass_margin", 0.5),
     )
     step_fn = jax.jit(
         make_train_step(graphdef, sharer, receiver, optimizer, step_config),

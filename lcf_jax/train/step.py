@@ -51,6 +51,10 @@ class StepConfig:
     receiver_only: bool = False
     # lcfx: also train that control, alongside, in the same step (state.control holds it).
     with_control: bool = False
+    # lcfx: weight of the anti-bypass hinge (`token_losses`), 0 = off (the paper: plain NLL), and its
+    # margin in nats per token.
+    bypass_weight: float = 0.0
+    bypass_margin: float = 0.5
 
 
 def make_optimizer(
@@ -60,9 +64,14 @@ def make_optimizer(
     warmup_fraction: float = 0.1,
     weight_decay: float = 0.01,
     clip: float = 1.0,
+    pool_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
     """AdamW with the paper's defaults: linear warmup over 10% of the steps, then linear decay to 0;
-    global-norm clipping at 1.0; weight decay on kernels only (not biases, norms or gate logits)."""
+    global-norm clipping at 1.0; weight decay on kernels only (not biases, norms or gate logits).
+
+    `pool_lr_scale` multiplies the learning rate of LCF-X's span-pool parameters (`pool.*`: its
+    queries start at zero and, at the paper's rate, Adam moves them too little in a short run for
+    the pool to become selective; ours, the paper is silent)."""
     warmup = max(1, int(round(warmup_fraction * steps)))
     schedule = optax.join_schedules(
         [
@@ -77,8 +86,21 @@ def make_optimizer(
             lambda path, _: any(getattr(k, "key", None) == "kernel" for k in path), params
         )
 
+    def adamw(scale: float) -> optax.GradientTransformation:
+        lr = schedule if scale == 1.0 else (lambda step: scale * schedule(step))
+        return optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask)
+
+    if pool_lr_scale == 1.0:
+        return optax.chain(optax.clip_by_global_norm(clip), adamw(1.0))
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "pool" if any(getattr(k, "key", None) == "pool" for k in path) else "rest", params
+        )
+
     return optax.chain(
-        optax.clip_by_global_norm(clip), optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
+        optax.clip_by_global_norm(clip),
+        optax.multi_transform({"pool": adamw(pool_lr_scale), "rest": adamw(1.0)}, labels),
     )
 
 
@@ -93,22 +115,29 @@ def token_losses(
     num_spans: int,
     receiver_only: bool = False,
     control: Adapter | None = None,
-) -> tuple[Array, Array] | tuple[Array, Array, Array]:
-    """(sum of response-token negative log-likelihoods, number of response tokens) for one batch;
-    with a `control` adapter also the control's sum, from the same receiver prefix pass."""
+    bypass_margin: float | None = None,
+) -> dict[str, Array]:
+    """Sums over the batch's response tokens: "nll" (negative log-likelihood) and "count" (tokens);
+    with a `control` adapter "control_nll", from the same receiver prefix pass; with
+    `bypass_margin` (LCF-X) "bypass": the anti-bypass hinge, per row max(0, NLL(own message) -
+    NLL(the next row's message) + margin) on mean token NLLs, weighted by the row's tokens (so
+    dividing by "count" gives a token mean like the NLL's). It rewards a message that helps its own
+    question more than another's (Interlat, arXiv 2511.09149), reusing the receiver's prefix pass."""
     sharer_params, receiver_params = frozen
     b, tp = batch.prefix.shape
     r_cache = KVCache.init(receiver.config, b, tp, receiver.dtype)
     _, r_cache = forward(
         receiver.graphdef, receiver_params, batch.prefix, r_cache, batch.prefix_lengths, last_only=True
     )
-    if (receiver_only or control is not None) and adapter.spec.kind != "lcfx":
-        raise ValueError("receiver_only training is the LCF-X control: it needs an lcfx adapter")
+    if (receiver_only or control is not None or bypass_margin is not None) and adapter.spec.kind != "lcfx":
+        raise ValueError("receiver_only, the control and the anti-bypass term are LCF-X training: use an lcfx adapter")
     if receiver_only:
         fused = adapter.receive(adapter.empty_message(b), r_cache, rng=rng, temperature=temperature)
-        return _suffix_losses(receiver, receiver_params, fused, batch)
+        nll, count = _suffix_losses(receiver, receiver_params, fused, batch)
+        return {"nll": nll.sum(), "count": count.sum()}
     s_cache = KVCache.init(sharer.config, b, batch.sharer.shape[1], sharer.dtype)
     _, s_cache = forward(sharer.graphdef, sharer_params, batch.sharer, s_cache, batch.sharer_lengths, last_only=True)
+    message = None
     if adapter.spec.kind == "lcfx":
         conditioned_on = r_cache if adapter.spec.receiver_conditioned else None
         message = adapter.summarize(s_cache, batch.span_ids, num_spans, conditioned_on)
@@ -116,15 +145,25 @@ def token_losses(
     else:
         fused = adapter.fuse(s_cache, r_cache, rng=rng, temperature=temperature)
     nll, count = _suffix_losses(receiver, receiver_params, fused, batch)
-    if control is None:
-        return nll, count
-    control_fused = control.receive(control.empty_message(b), r_cache, rng=rng, temperature=temperature)
-    control_nll, _ = _suffix_losses(receiver, receiver_params, control_fused, batch)
-    return nll, count, control_nll
+    out = {"nll": nll.sum(), "count": count.sum()}
+    if bypass_margin is not None:
+        if b < 2:
+            raise ValueError("the anti-bypass term rolls messages within a micro-batch: it needs 2 or more rows")
+        rolled = jax.tree.map(lambda x: jnp.roll(x, 1, axis=1), message)  # row i gets row i-1's message
+        wrong, _ = _suffix_losses(
+            receiver, receiver_params, adapter.receive(rolled, r_cache, rng=rng, temperature=temperature), batch
+        )
+        per_token = lambda x: x / jnp.maximum(count, 1.0)  # noqa: E731
+        out["bypass"] = jnp.sum(jax.nn.relu(per_token(nll) - per_token(wrong) + bypass_margin) * count)
+    if control is not None:
+        control_fused = control.receive(control.empty_message(b), r_cache, rng=rng, temperature=temperature)
+        out["control_nll"] = _suffix_losses(receiver, receiver_params, control_fused, batch)[0].sum()
+    return out
 
 
 def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, batch: Batch) -> tuple[Array, Array]:
-    """The receiver runs the suffix (last prompt token, response) on the fused cache."""
+    """The receiver runs the suffix (last prompt token, response) on the fused cache: per row the
+    sum of response-token NLLs and their count, `[B]` each."""
     tq = batch.suffix.shape[1]
     fused = fused.with_capacity(fused.capacity + tq)
     logits, _ = forward(receiver.graphdef, receiver_params, batch.suffix, fused, batch.suffix_lengths)
@@ -132,7 +171,7 @@ def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, bat
     valid = jnp.arange(tq - 1)[None, :] < (batch.suffix_lengths - 1)[:, None]
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(jnp.float32)
+    return jnp.sum(jnp.where(valid, nll, 0.0), axis=1), jnp.sum(valid, axis=1).astype(jnp.float32)
 
 
 def make_train_step(
@@ -154,8 +193,10 @@ def make_train_step(
             raise ValueError("StepConfig.with_control needs a state with a control: init_state(..., control=True)")
         trained = (state.params, state.control["params"]) if with_control else (state.params,)
 
+        bypass = config.bypass_weight > 0 and not config.receiver_only  # the control has no message
+
         def micro(carry, micro_batch):
-            grads_sum, nll_sum, count = carry
+            grads_sum, sums = carry
 
             def loss(params):
                 adapters = [nnx.merge(adapter_graphdef, p) for p in params]
@@ -171,38 +212,40 @@ def make_train_step(
                     config.num_spans,
                     config.receiver_only,
                     control=adapters[1] if with_control else None,
+                    bypass_margin=config.bypass_margin if bypass else None,
                 )
-                nll, n = out[0], out[1]
                 # The two adapters share no parameter: the gradient of the sum is each one's own.
-                total = nll + out[2] if with_control else nll
-                return total, (jnp.stack(out[:1] + out[2:]), n)
+                total = out["nll"] + config.bypass_weight * out.get("bypass", 0.0) + out.get("control_nll", 0.0)
+                return total, out
 
-            (_, (nlls, n)), grads = jax.value_and_grad(loss, has_aux=True)(trained)
+            (_, out), grads = jax.value_and_grad(loss, has_aux=True)(trained)
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-            return (grads_sum, nll_sum + nlls, count + n), None
+            return (grads_sum, jax.tree.map(jnp.add, sums, out)), None
 
         zeros = jax.tree.map(jnp.zeros_like, trained)
-        nll0 = jnp.zeros((len(trained),), jnp.float32)
-        (grads, nll, count), _ = jax.lax.scan(micro, (zeros, nll0, jnp.float32(0.0)), batch)
-        count = jnp.maximum(count, 1.0)
+        keys = ["nll", "count", *(["bypass"] if bypass else []), *(["control_nll"] if with_control else [])]
+        (grads, sums), _ = jax.lax.scan(micro, (zeros, {k: jnp.float32(0.0) for k in keys}), batch)
+        count = jnp.maximum(sums["count"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = optimizer.update(grads[0], state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         gate_logits = nnx.merge(adapter_graphdef, state.params).gate_logits()
         metrics = {
-            "loss": nll[0] / count,
+            "loss": sums["nll"] / count,
             "grad_norm": optax.tree.norm(grads[0]),
             "response_tokens": count,
             "temperature": temperature,
             "gate_open_fraction": jnp.mean((gate_logits > 0).astype(jnp.float32)),
             "gate_mean": jnp.mean(jax.nn.sigmoid(gate_logits)),
         }
+        if bypass:
+            metrics["bypass"] = sums["bypass"] / count
         control = None
         if with_control:
             c = state.control
             c_updates, c_opt_state = optimizer.update(grads[1], c["opt_state"], c["params"])
             control = {"params": optax.apply_updates(c["params"], c_updates), "opt_state": c_opt_state}
-            metrics |= {"control_loss": nll[1] / count, "control_grad_norm": optax.tree.norm(grads[1])}
+            metrics |= {"control_loss": sums["control_nll"] / count, "control_grad_norm": optax.tree.norm(grads[1])}
         return TrainState(state.step + 1, params, opt_state, control), metrics
 
     return step
