@@ -1,4 +1,4 @@
-"""Remedies for the demo's LCF-X adapter (issue 5): each variant of the demo recipe is trained on
+"""Remedies for the demo's LCF-X adapter (issues 5 and 16): each variant of the demo recipe is trained on
 the same split_qa training questions and evaluated on the demo's 300 held-out questions for the
 conditions that decide the targets (half_context, lcfx, mismatched_message, empty_message), all
 from the same half-context caches.
@@ -22,9 +22,11 @@ from lcf_jax.data.split_qa import generate_questions
 from lcf_jax.demo import demo_config
 from lcf_jax.eval.conditions import Setup, run_answers
 from lcf_jax.eval.metrics import score
+from lcf_jax.eval.significance import paired_difference
 from lcf_jax.loading import load_model
 from lcf_jax.runtime import tune_cpu_allocator
 from lcf_jax.train.loop import ADAPTER_DIR, train
+from lcf_jax.train.workdir import CONTROL_DIR
 
 
 def variants() -> dict[str, ml_collections.ConfigDict]:
@@ -49,6 +51,21 @@ def variants() -> dict[str, ml_collections.ConfigDict]:
     sees = ml_collections.ConfigDict(base.to_dict())
     sees.data.sharer_sees_question = True
     out["sharer_sees_question"] = sees
+    # Issue 16: the recipe's open choices, each alone, then together (with the receiver-only control).
+    for name, change in {
+        "up_zero": lambda c: c.adapter.options.update(up_init="zeros"),
+        "pool_lr_10": lambda c: c.train.update(pool_lr_scale=10.0),
+        "bypass": lambda c: c.train.update(bypass_weight=1.0),
+        "soft_gates": lambda c: c.adapter.options.update(gate_inference="soft"),
+    }.items():
+        variant = ml_collections.ConfigDict(base.to_dict())
+        change(variant)
+        out[name] = variant
+    combined = ml_collections.ConfigDict(base.to_dict())
+    combined.adapter.options.update(up_init="zeros", gate_inference="soft")
+    combined.train.update(pool_lr_scale=10.0, bypass_weight=1.0)
+    combined.adapter.with_control = True
+    out["combined"] = combined
     return out
 
 
@@ -71,27 +88,26 @@ def main() -> None:
             train(config, run_dir, progress=False, models=(model, model))
         train_s = time.perf_counter() - start
         questions = generate_questions("test", args.count, seed=config.eval.seed, variant=config.data.variant)
+        control = run_dir / CONTROL_DIR
         setup = Setup(
             model,
             model,
             adapter=load_adapter(run_dir / ADAPTER_DIR),
+            control=load_adapter(control) if (control / "adapter_config.json").exists() else None,
             budgets=(),
             receiver_alone=("half_context",),
             sharer_sees_question=config.data.sharer_sees_question,
+            kv=(),
         )
         answers = run_answers(setup, questions, progress=False)
         gold = [q.answers for q in questions]
+        scores = {c: score(answers.by_condition[c], gold, clean=True) for c in setup.conditions()}
+        delta = paired_difference(100 * scores["lcfx"]["f1"], 100 * scores["mismatched_message"]["f1"])
         rows[name] = {
             "train_s": round(train_s),
             "steps": config.train.steps,
-            **{
-                c: {
-                    k: round(float(v), 2)
-                    for k, v in score(answers.by_condition[c], gold, clean=True).items()
-                    if k.endswith("mean")
-                }
-                for c in setup.conditions()
-            },
+            **{c: {k: round(float(v), 2) for k, v in s.items() if k.endswith("mean")} for c, s in scores.items()},
+            "lcfx_minus_mismatched_f1": {k: round(v, 2) for k, v in delta.items()},
         }
         (workdir / "remedies.json").write_text(json.dumps(rows, indent=2) + "\n")
         print(name, json.dumps(rows[name]), flush=True)
