@@ -6,6 +6,18 @@ steps at batch 256, latent width 128, gate logits starting at +1.
         --config.data.path=/data/hotpot_bridge_train.jsonl
 
 The data is a split-context question JSONL (see lcf_jax/data/qa.py for the format).
+
+Where the paper speaks this config follows it (and every option below stays at the paper's value
+here). Where it is silent, the choices are ours, each an option (issue 16):
+  adapter.options.up_init       "lecun" (flax's default, close to the paper's code) | "zeros": the
+                                receiver starts intact
+  adapter.options.gate_inference "hard" (logit > 0, as the paper) | "soft": sigmoid(logit), the
+                                training mean
+  train.pool_lr_scale           1.0 | k: the span pool learns k times faster
+  train.bypass_weight/_margin   0 | w: the anti-bypass hinge (own message must beat another's)
+  adapter.options.message_injection / message_slots: "broadcast", 1 (the paper) | "prefix", M
+  adapter.options.receiver_conditioned: False (the paper) | True
+configs/smollm2_lcfx_scale.py:fixed turns ours on; experiments/lcfx_remedies.py measures each.
 """
 
 from __future__ import annotations
