@@ -365,16 +365,26 @@ def test_results_json_plain_types(tmp_path):
 
 def test_markdown_table():
     conditions = with_significance(_conditions(), {"lcfx": {"mcnemar_p": 0.000123456, "wilcoxon_p": 0.5}})
+    conditions = [
+        dataclasses.replace(c, f1_ci95=(30.25, 40.0), delta_vs_mismatched={"mean": 3.5, "lo": -1.0, "hi": 8.04})
+        if c.name == "lcfx"
+        else c
+        for c in conditions
+    ]
     table = markdown_table(conditions, reference="full")
     lines = table.splitlines()
-    assert lines[0].startswith(
-        "| condition | F1 | EM | TTFT ms | answer ms | message bytes | n | p (McNemar EM) vs full"
+    assert lines[0] == (
+        "| condition | F1 | F1 95% CI | EM | TTFT ms | answer ms | message bytes | n | p (McNemar EM) vs full | "
+        "p (Wilcoxon F1) vs full | F1 - mismatched [95% CI] |"
     )
     assert len(lines) == 2 + len(conditions)
     for c in conditions:
         assert f"| {c.name} |" in table
-    assert "| lcfx | 35.1 | 25.3 | 48.0 | 94.0 | 1,234,567 | 200 | 0.000123 | 0.5 |" in lines
-    assert "| full | 30.0 | 20.0 | 45.0 | 90.0 | - | 200 | ref | ref |" in lines
+    assert (
+        "| lcfx | 35.1 | [30.2, 40.0] | 25.3 | 48.0 | 94.0 | 1,234,567 | 200 | 0.000123 | 0.5 | +3.5 [-1.0, +8.0] |"
+        in lines
+    )
+    assert "| full | 30.0 | - | 20.0 | 45.0 | 90.0 | - | 200 | ref | ref | - |" in lines
     with pytest.raises(ValueError, match="reference"):
         markdown_table(conditions, reference="nope")
 
