@@ -214,10 +214,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _kv_translator(path: str):
     """The translator at `path`: a kv_translator/ directory or the work directory that holds one."""
     from lcf_jax.messages.translate import load_translator  # noqa: PLC0415
-    from lcf_jax.train.translator import TRANSLATOR_DIR  # noqa: PLC0415
+    from lcf_jax.train.translator import translator_directory  # noqa: PLC0415
 
-    root = Path(path)
-    return load_translator(root / TRANSLATOR_DIR if (root / TRANSLATOR_DIR).is_dir() else root)
+    return load_translator(translator_directory(path) or path)  # none there: load_translator names what is missing
 
 
 def check_translator_fits(translator, sharer, receiver, where: str) -> None:

@@ -25,7 +25,6 @@ from lcf_jax.adapters.io import adapter_from_tensors, load_adapter, save_adapter
 from lcf_jax.config import load_config
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.messages.translate import (
-    TRANSLATOR_CONFIG,
     KVTranslator,
     array_shapes,
     load_translator,
@@ -33,7 +32,7 @@ from lcf_jax.messages.translate import (
 )
 from lcf_jax.train.checkpoint import restore_params
 from lcf_jax.train.loop import adapter_spec, model_configs
-from lcf_jax.train.translator import KIND, TRANSLATOR_DIR
+from lcf_jax.train.translator import KIND, translator_directory
 from lcf_jax.train.workdir import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -174,7 +173,7 @@ def export_adapter(
             f"nothing at {root}: give an adapter directory, a `lcf train` or `lcf demo` work directory, or a "
             "`checkpoints` folder"
         )
-    translator = next((d for d in (root, root / TRANSLATOR_DIR) if (d / TRANSLATOR_CONFIG).exists()), None)
+    translator = translator_directory(root)
     if translator is not None:  # a KV translator: its files are what lcf_jax.torch.load_kv_translator reads
         _translator_dtype(dtype)
         if Path(out).resolve() == translator.resolve():

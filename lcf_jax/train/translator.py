@@ -42,6 +42,7 @@ from jax.sharding import NamedSharding
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.kv import KVCache
 from lcf_jax.messages.translate import (
+    TRANSLATOR_CONFIG,
     KVTranslator,
     array_shapes,
     fit_translator,
@@ -62,6 +63,13 @@ log = logging.getLogger("lcf_jax.train")
 
 TRANSLATOR_DIR = "kv_translator"  # in a work directory: the trained translator, saved when training ends
 KIND = "kv_translator"
+
+
+def translator_directory(path) -> Path | None:
+    """Where a translator's files are under `path`: `path` itself, or its kv_translator/ (a `lcf
+    train` work directory); None when neither holds one."""
+    root = Path(path)
+    return next((d for d in (root, root / TRANSLATOR_DIR) if (d / TRANSLATOR_CONFIG).exists()), None)
 
 
 # --- texts -------------------------------------------------------------------------------------
