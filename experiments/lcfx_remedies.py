@@ -28,6 +28,8 @@ from lcf_jax.runtime import tune_cpu_allocator
 from lcf_jax.train.loop import ADAPTER_DIR, train
 from lcf_jax.train.workdir import CONTROL_DIR
 
+DEMO_VARIANT = demo_config().data.variant
+
 
 def variants() -> dict[str, ml_collections.ConfigDict]:
     out = {}
@@ -57,6 +59,11 @@ def variants() -> dict[str, ml_collections.ConfigDict]:
         "pool_lr_10": lambda c: c.train.update(pool_lr_scale=10.0),
         "bypass": lambda c: c.train.update(bypass_weight=1.0),
         "soft_gates": lambda c: c.adapter.options.update(gate_inference="soft"),
+        "standardize": lambda c: c.adapter.options.update(message_norm="standardize"),
+        "answer_types": lambda c: c.data.update(variant="single_hop_types"),
+        "prefix_4_distinct": lambda c: c.adapter.options.update(
+            message_injection="prefix", message_slots=4, slot_query_init="normal"
+        ),
     }.items():
         variant = ml_collections.ConfigDict(base.to_dict())
         change(variant)
@@ -87,7 +94,8 @@ def main() -> None:
         if not (run_dir / ADAPTER_DIR / "adapter_config.json").exists():
             train(config, run_dir, progress=False, models=(model, model))
         train_s = time.perf_counter() - start
-        questions = generate_questions("test", args.count, seed=config.eval.seed, variant=config.data.variant)
+        # The demo's questions whatever the variant trained on (answer_types trains on other kinds too).
+        questions = generate_questions("test", args.count, seed=config.eval.seed, variant=DEMO_VARIANT)
         control = run_dir / CONTROL_DIR
         setup = Setup(
             model,

@@ -23,8 +23,19 @@ def _mentions(paragraphs, name):
     return [i for i, p in enumerate(paragraphs) if name.lower() in p.lower()]
 
 
-@pytest.mark.parametrize("variant", split_qa.VARIANTS)
+# single_hop_types: the phrase of the rivals (about people) for each kind of answer
+RIVAL_PHRASE = {
+    "date": "retired on",
+    "place": "was born in",
+    "animal": "owns a",
+    "person": "trained by",
+    "number": "books",
+}
+
+
+@pytest.mark.parametrize("variant", split_qa.VARIANTS + split_qa.EXTRA_VARIANTS)
 def test_split_qa_shape_gold_and_answer_placement(variant):
+    kinds = set()
     for split, i in itertools.product(split_qa.SPLITS, range(40)):
         e = split_qa.generate_example(split, i, variant=variant)
         q = e["question"]
@@ -33,7 +44,7 @@ def test_split_qa_shape_gold_and_answer_placement(variant):
         answer = q.answers[0]
         sharer_gold, receiver_gold = q.sharer_context[e["sharer_gold"]], q.receiver_context[e["receiver_gold"]]
         org = ORG.search(q.question).group(1)
-        if variant == "single_hop":
+        if variant.startswith("single_hop"):
             # the answer is the sharer's alone; each side has exactly one paragraph about the question's entity
             assert _mentions(q.sharer_context, answer) == [e["sharer_gold"]]
             assert _mentions(q.receiver_context, answer) == []
@@ -48,12 +59,20 @@ def test_split_qa_shape_gold_and_answer_placement(variant):
             assert _mentions(q.receiver_context, answer) == [e["receiver_gold"]]
             assert _mentions(q.sharer_context, answer) == []
         # distractors hold rival values of the answer's kind on both sides (not the only city in sight)
-        digits = any(c.isdigit() for c in answer)
         rivals = [p for p in q.sharer_context + q.receiver_context if p not in (sharer_gold, receiver_gold)]
-        assert sum((any(c.isdigit() for c in p) if digits else ", " in p) for p in rivals) >= 3
+        if variant == "single_hop_types":
+            relation = next(r for r, text in split_qa.SINGLE_HOP_TYPES.items() if text.format(o="")[:9] in q.question)
+            kind = split_qa.TYPED_RELATIONS[relation][1]
+            kinds.add(kind)
+            assert sum(RIVAL_PHRASE[kind] in p for p in rivals) >= 3
+        else:
+            digits = any(c.isdigit() for c in answer)
+            assert sum((any(c.isdigit() for c in p) if digits else ", " in p) for p in rivals) >= 3
         # short paragraphs: a question with one half fits a 135M model's budget
         assert all(len(p.split()) <= 16 for p in q.sharer_context + q.receiver_context)
         assert sum(len(p.split()) for p in q.receiver_context) + len(q.question.split()) <= 80
+    if variant == "single_hop_types":  # the point of the variant: answers of every kind
+        assert kinds == set(RIVAL_PHRASE)
 
 
 def test_split_qa_is_deterministic_with_unique_ids():
@@ -61,14 +80,14 @@ def test_split_qa_is_deterministic_with_unique_ids():
     assert a == split_qa.generate_questions("train", 30, seed=3, variant="mixed")
     assert a[10:] == split_qa.generate_questions("train", 20, seed=3, variant="mixed", start=10)
     assert a != split_qa.generate_questions("train", 30, seed=4, variant="mixed")
-    assert {e.id.rsplit("-", 1)[1] for e in a} == {"sh", "br"}  # the mix holds both variants
+    assert {e.id.rsplit("-", 1)[1] for e in a} == {"sh", "br"}  # the mix holds both variants, never the extra ones
     for i, q in enumerate(a):  # mixed interleaves the pure variants
         variant = "single_hop" if q.id.endswith("-sh") else "bridge"
         assert q == split_qa.generate_example("train", i, seed=3, variant=variant)["question"]
     # ids are unique over splits and variants (a mixed set reuses the ids of the pure questions it holds)
     ids = [
         q.id
-        for split, variant in itertools.product(split_qa.SPLITS, split_qa.VARIANTS)
+        for split, variant in itertools.product(split_qa.SPLITS, split_qa.VARIANTS + split_qa.EXTRA_VARIANTS)
         for q in split_qa.generate_questions(split, 20, variant=variant)
     ]
     assert len(set(ids)) == len(ids)

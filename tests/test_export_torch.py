@@ -56,6 +56,7 @@ CASES = {
     "c2c": ("c2c", dict(hidden_width=48)),
     "lcf_pruned": ("lcf", dict(keep_layers=[1, 3])),
     "lcfx_soft_gates": ("lcfx", dict(gate_inference="soft", up_init="zeros")),
+    "lcfx_standardized": ("lcfx", dict(message_norm="standardize", slot_query_init="normal")),
 }
 LENGTHS = [12, 7]  # two rows, the second right-padded
 SPAN_IDS = np.array([[0] * 5 + [1] * 6 + [2] * 5, [0] * 4 + [1] * 5 + [-1] * 7], np.int32)  # [B, S_S = 16]

@@ -14,6 +14,7 @@ from tiny_pair import tiny_models
 from lcf_jax import communicate
 from lcf_jax.adapters import build
 from lcf_jax.adapters.io import load_adapter
+from lcf_jax.adapters.lcfx import spans_from_lengths
 from lcf_jax.config import load_config
 from lcf_jax.data.pipeline import BatchIterator
 from lcf_jax.data.synthetic import sharer_only_task
@@ -130,3 +131,56 @@ def test_the_message_carries_what_only_the_sharer_knows(tmp_path):
     losses = held_out_losses(tmp_path, config)
     print("held-out token NLL", losses)
     assert losses["matched"] < losses["mismatched"] - 1.0 and losses["matched"] < losses["empty"] - 1.0
+
+
+def test_distinct_slot_queries(models):
+    """Zero slot queries make M copies of one summary; "normal" ones start M distinct summaries."""
+    sharer, receiver = models
+    configs = [m.config for m in models]
+    prefix = dict(latent_width=16, message_injection="prefix", message_slots=3)
+    same = communicate.send(build("lcfx", *configs, **prefix), sharer, CONTEXTS)
+    np.testing.assert_allclose(np.asarray(same.k[:, :, 0]), np.asarray(same.k[:, :, 2]), rtol=1e-6)
+    distinct = communicate.send(build("lcfx", *configs, **prefix, slot_query_init="normal"), sharer, CONTEXTS)
+    assert np.abs(np.asarray(distinct.k[:, :, 0]) - np.asarray(distinct.k[:, :, 2])).max() > 1e-2
+    with pytest.raises(ValueError, match="slot_query_init"):
+        build("lcfx", *configs, slot_query_init="uniform")
+    with pytest.raises(ValueError, match="LCF-X options"):
+        build("lcf", *configs, slot_query_init="normal")
+
+
+CALIBRATION = [[[5, 6, 7], [8, 9]], [[10, 11, 12, 13]], [[20, 21], [22, 23, 24], [30]], [[40, 41, 42, 50]]]
+
+
+def test_message_standardisation_is_set_from_data(models):
+    """Calibrated on a batch, that batch's messages have mean 0 and std 1 per layer, slot, head and
+    dim; a second calibration changes nothing; the empty message stays zeros."""
+    sharer, _ = models
+    adapter = build("lcfx", *[m.config for m in models], latent_width=16, message_norm="standardize")
+    raw = communicate.send(adapter, sharer, CALIBRATION)  # identity before calibration
+    assert float(jnp.abs(raw.k.mean(axis=1)).max()) > 0.05  # a shared component the norm removes
+    rows = [[t for span in row for t in span] for row in CALIBRATION]
+    cache = communicate.prefill(sharer, rows)
+    span_ids, num_spans = spans_from_lengths([[len(s) for s in row] for row in CALIBRATION], cache.capacity)
+    adapter.calibrate_message_norm(cache, span_ids, num_spans)
+    first = {k: np.asarray(v[...]) for k, v in (("shift", adapter.pool.norm_shift), ("scale", adapter.pool.norm_scale))}
+    message = adapter.summarize(cache, span_ids, num_spans)
+    for x in (message.k, message.v):
+        np.testing.assert_allclose(np.asarray(x.mean(axis=1)), 0.0, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(x.std(axis=1)), 1.0, rtol=1e-3)
+    adapter.calibrate_message_norm(cache, span_ids, num_spans)
+    np.testing.assert_allclose(np.asarray(adapter.pool.norm_shift[...]), first["shift"], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(adapter.pool.norm_scale[...]), first["scale"], rtol=1e-6)
+    assert not np.asarray(adapter.empty_message(2).k).any()
+    with pytest.raises(ValueError, match="message_norm='standardize'"):
+        build("lcfx", *[m.config for m in models], latent_width=16).calibrate_message_norm(cache, span_ids, num_spans)
+
+
+def test_training_calibrates_the_message_norm_on_its_first_batch(tmp_path):
+    config = load_config("configs/tiny.py:lcfx")
+    with config.unlocked():
+        config.adapter.options.message_norm = "standardize"
+    config.train.steps = config.train.anneal_steps = 2
+    train(config, tmp_path, progress=False)
+    pool = load_adapter(tmp_path / "adapter").pool
+    scale = np.asarray(pool.norm_scale[...])
+    assert np.abs(np.asarray(pool.norm_shift[...])).max() > 1e-3 and np.abs(scale - 1.0).max() > 0.1

@@ -47,6 +47,8 @@ class AdapterSpec:
     compute_dtype: str = "float32"  # the projectors' matmul inputs ("bfloat16": faster, params stay float32)
     up_init: str = "lecun"  # lcf/lcfx: "zeros" starts the residuals at zero (the receiver intact)
     gate_inference: str = "hard"  # lcf/lcfx: "hard" (logit > 0, the paper) or "soft" (sigmoid(logit))
+    slot_query_init: str = "zeros"  # lcfx: "zeros" (every slot starts as mean pooling) or "normal" (distinct)
+    message_norm: str = "none"  # lcfx: "none" or "standardize" (per layer, slot, head and dim; set from data)
 
     @property
     def sharer_width(self) -> int:
@@ -135,6 +137,8 @@ class Adapter(nnx.Module):
                     s.num_kv_heads,
                     s.head_dim,
                     slots=spec.message_slots,
+                    slot_query_init=spec.slot_query_init,
+                    standardize=spec.message_norm == "standardize",
                     receiver_width=r.kv_width if spec.receiver_conditioned else None,
                     rngs=rngs,
                 )
@@ -234,6 +238,26 @@ class Adapter(nnx.Module):
         else:
             k, v = _vmap_layers(self.pool, lambda pool, a, b: pool(a, b, span_ids, num_spans), sk, sv)
         return Message(k, v)
+
+    def calibrate_message_norm(
+        self, sharer: KVCache, span_ids: Array, num_spans: int, receiver: KVCache | None = None
+    ) -> None:
+        """Message standardisation's data-dependent init (`message_norm="standardize"`): set each
+        pool's shift and scale so that these rows' messages have mean 0 and std 1 per layer, slot,
+        head and dim. Starts from the identity, so calibrating twice on a batch gives the same result."""
+        if self.spec.message_norm != "standardize":
+            raise ValueError("calibrate_message_norm() needs an lcfx adapter with message_norm='standardize'")
+        if sharer.batch_size < 2:
+            raise ValueError("standardising the message needs statistics over 2 or more rows")
+        self.pool.norm_shift[...] = jnp.zeros_like(self.pool.norm_shift[...])
+        self.pool.norm_scale[...] = jnp.ones_like(self.pool.norm_scale[...])
+        message = self.summarize(sharer, span_ids, num_spans, receiver)
+        both = jnp.stack([message.k, message.v], axis=1)  # [N, 2, B, M, K, H]
+        # The floor keeps a dim that no row varies in from being blown up (it then stays ~centred).
+        rms = jnp.sqrt(jnp.mean(both**2, axis=(2, 3, 4, 5)))[:, :, None, None, None]  # per layer, keys/values
+        std = jnp.maximum(both.std(axis=2), 1e-3 * rms)
+        self.pool.norm_shift[...] = both.mean(axis=2)
+        self.pool.norm_scale[...] = 1.0 / std
 
     def check_message(self, message: Message) -> None:
         spec = self.spec

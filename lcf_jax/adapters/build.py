@@ -44,6 +44,8 @@ def make_spec(
     compute_dtype: str = "float32",
     up_init: str = "lecun",
     gate_inference: str = "hard",
+    slot_query_init: str = "zeros",
+    message_norm: str = "none",
 ) -> AdapterSpec:
     if kind not in KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
@@ -61,6 +63,12 @@ def make_spec(
         raise ValueError(f"gate_inference must be 'hard' or 'soft', got {gate_inference!r}")
     if kind == "c2c" and (up_init != "lecun" or gate_inference != "hard"):
         raise ValueError("up_init and gate_inference are options of the LCF projector (kind 'lcf' or 'lcfx')")
+    if slot_query_init not in ("zeros", "normal"):
+        raise ValueError(f"slot_query_init must be 'zeros' or 'normal', got {slot_query_init!r}")
+    if message_norm not in ("none", "standardize"):
+        raise ValueError(f"message_norm must be 'none' or 'standardize', got {message_norm!r}")
+    if kind != "lcfx" and (slot_query_init != "zeros" or message_norm != "none"):
+        raise ValueError("slot_query_init and message_norm are LCF-X options (kind='lcfx')")
     if message_injection not in ("broadcast", "prefix"):
         raise ValueError(f"message_injection must be 'broadcast' or 'prefix', got {message_injection!r}")
     if message_injection == "broadcast" and message_slots != 1:
@@ -95,6 +103,8 @@ def make_spec(
         compute_dtype=compute_dtype,
         up_init=up_init,
         gate_inference=gate_inference,
+        slot_query_init=slot_query_init,
+        message_norm=message_norm,
     )
 
 
@@ -105,8 +115,9 @@ def build(kind: str, sharer, receiver, *, seed: int = 0, abstract: bool = False,
     activation="gelu", hidden_width=1024 (c2c), compute_dtype="float32" (or "bfloat16": matmul inputs
     in bf16; parameters and everything else stay float32); lcfx only: message_slots=1,
     message_injection="broadcast" (or "prefix": the slots become extra receiver cache entries),
-    receiver_conditioned=False. `abstract=True` gives shape-only parameters (no memory), e.g. to count
-    them."""
+    receiver_conditioned=False, slot_query_init="zeros" (or "normal": distinct slots),
+    message_norm="none" (or "standardize": see `Adapter.calibrate_message_norm`). `abstract=True`
+    gives shape-only parameters (no memory), e.g. to count them."""
     spec = make_spec(kind, sharer, receiver, **options)
     if abstract:
         return nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(seed)))

@@ -19,6 +19,13 @@ Two variants:
       of the Zola Council."), the receiver's holds the answer about them ("Krisan Guril was born in
       Lisbon, Portugal.") among the same relation for other people, so the receiver alone can only
       guess which one. The answer is in the receiver's half, but only the sharer's says which.
+  single_hop_types: single_hop over five kinds of answer, so a trained adapter has to pass facts,
+      not a format: dates ("When did the Zola Council open?"), places ("Where is the Zola Council?"),
+      animals ("What is the emblem of the Zola Council?"), people ("Who founded the Zola Council?")
+      and numbers ("How many members does the Zola Council have?"). The asked relation is about the
+      organisation and occurs once; rivals are values of the same kind about people (born in, owns
+      a, was trained by, owns N books). Not part of "mixed", whose draws stay those of the two
+      variants above.
 Distractors are the same kinds of facts about other fictional people and organisations: director
 links, dates, places, jobs, instruments, emblems.
 
@@ -61,7 +68,8 @@ from typing import Any
 from lcf_jax.data.qa import Question
 
 SPLITS = ("train", "validation", "test")
-VARIANTS = ("single_hop", "bridge")
+VARIANTS = ("single_hop", "bridge")  # what "mixed" draws from (fixed: it decides every mixed question)
+EXTRA_VARIANTS = ("single_hop_types",)
 DEFAULT_VARIANT = "single_hop"
 HALF = 5  # paragraphs per side; 10 in all, as in HotpotQA distractor
 
@@ -115,12 +123,29 @@ RELATIONS = {
     "plays": ("p", "instrument", "{P} plays the {v}."),
 }
 
+# Relations only single_hop_types uses, kept apart so the other variants draw exactly as before.
+TYPED_RELATIONS = {
+    **RELATIONS,
+    "founder": ("o", "person", "{O} was founded by {v}."),
+    "members": ("o", "number", "{O} has {v} members."),
+    "pet": ("p", "animal", "{P} owns a {v}."),
+    "mentor": ("p", "person", "{P} was trained by {v}."),
+    "books": ("p", "number", "{P} owns {v} books."),
+}
+
 LINK = "{P} is the director of {o}."  # the bridge between a person and an organisation
 # Asked relations: single_hop asks about the organisation named in the question, bridge about the
 # director of the organisation named in the question.
 SINGLE_HOP = {
     "opened": "When did {o} open?",
     "closed": "When did {o} close?",
+}
+SINGLE_HOP_TYPES = {
+    "opened": "When did {o} open?",
+    "based": "Where is {o}?",
+    "emblem": "What is the emblem of {o}?",
+    "founder": "Who founded {o}?",
+    "members": "How many members does {o} have?",
 }
 BRIDGE = {
     "born": "Where was the director of {o} born?",
@@ -176,9 +201,20 @@ class _Values:
         for pool in self.pools.values():
             rng.shuffle(pool)
         self.dates: set[str] = set()
+        self.numbers: set[int] = set()
 
-    def take(self, kind: str) -> tuple[str, tuple[str, ...]]:
-        """(text in the paragraph, accepted answers)."""
+    def take(self, kind: str, names: _Names | None = None) -> tuple[str, tuple[str, ...]]:
+        """(text in the paragraph, accepted answers). Kinds "person" and "number" (single_hop_types
+        only) draw lazily, so the other kinds' draws do not depend on them."""
+        if kind == "person":
+            person = names.person()
+            return person, (person,)
+        if kind == "number":
+            while True:
+                number = self.rng.randint(120, 9800)
+                if number not in self.numbers:
+                    self.numbers.add(number)
+                    return str(number), (str(number),)
         if kind == "date":
             while True:
                 text = f"{self.rng.randint(1, 28)} {self.rng.choice(MONTHS)} {self.rng.choice(YEARS)}"
@@ -193,7 +229,7 @@ class _Values:
 
 
 def _fact(relation: str, person: str, org: str, value: str) -> str:
-    text = RELATIONS[relation][2].format(P=person, O=org, o=org, v=value)
+    text = TYPED_RELATIONS[relation][2].format(P=person, O=org, o=org, v=value)
     return text[0].upper() + text[1:]
 
 
@@ -216,6 +252,14 @@ def _build(split: str, rng: random.Random, variant: str) -> dict[str, Any]:
         # ("closed on" next to "opened on") confuses a 135M model into a coin toss.
         rivals = [r for r, (who, k, _) in RELATIONS.items() if k == kind and who == "p"]
         fillers = [r for r, (_, k, _) in RELATIONS.items() if k != kind and r not in SINGLE_HOP]
+    elif variant == "single_hop_types":
+        asked = rng.choice(sorted(SINGLE_HOP_TYPES))
+        kind = TYPED_RELATIONS[asked][1]
+        text, answers = values.take(kind, names)
+        question = SINGLE_HOP_TYPES[asked].format(o=o)
+        sharer_gold, receiver_gold = _fact(asked, p, o, text), _link(p, o)
+        rivals = [r for r, (who, k, _) in TYPED_RELATIONS.items() if k == kind and who == "p"]
+        fillers = [r for r, (_, k, _) in TYPED_RELATIONS.items() if k != kind and r not in SINGLE_HOP_TYPES]
     else:
         asked = rng.choice(sorted(BRIDGE))
         kind = RELATIONS[asked][1]
@@ -234,10 +278,10 @@ def _build(split: str, rng: random.Random, variant: str) -> dict[str, Any]:
         for _ in range(2):
             pi, oi = others.pop() if others else (names.person(), names.org())
             rival = rng.choice(rivals)
-            side.append(_fact(rival, pi, oi, values.take(RELATIONS[rival][1])[0]))
+            side.append(_fact(rival, pi, oi, values.take(TYPED_RELATIONS[rival][1], names)[0]))
         pi, oi = names.person(), names.org()
         relation = rng.choice(fillers)
-        side.append(_fact(relation, pi, oi, values.take(RELATIONS[relation][1])[0]))
+        side.append(_fact(relation, pi, oi, values.take(TYPED_RELATIONS[relation][1], names)[0]))
     return {
         "question": question[0].upper() + question[1:],
         "answers": answers,
@@ -247,14 +291,15 @@ def _build(split: str, rng: random.Random, variant: str) -> dict[str, Any]:
 
 
 def question_id(split: str, seed: int, index: int, variant: str) -> str:
-    return f"split_qa-{split}-{seed}-{index:06d}-{'sh' if variant == 'single_hop' else 'br'}"
+    tag = {"single_hop": "sh", "bridge": "br", "single_hop_types": "ty"}[variant]
+    return f"split_qa-{split}-{seed}-{index:06d}-{tag}"
 
 
 def _variant_of(split: str, seed: int, index: int, variant: str) -> str:
-    if variant in VARIANTS:
+    if variant in VARIANTS or variant in EXTRA_VARIANTS:
         return variant
     if variant != "mixed":
-        raise ValueError(f"unknown variant {variant!r}: use 'mixed' or one of {VARIANTS}")
+        raise ValueError(f"unknown variant {variant!r}: use 'mixed' or one of {VARIANTS + EXTRA_VARIANTS}")
     return VARIANTS[random.Random(f"mix:{split}:{seed}:{index}").randrange(len(VARIANTS))]
 
 

@@ -77,7 +77,9 @@ class SplitQa(_LocalBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [SplitQaConfig(name=v, variant=v) for v in (*split_qa.VARIANTS, "mixed")]
+    BUILDER_CONFIGS = [
+        SplitQaConfig(name=v, variant=v) for v in (*split_qa.VARIANTS, *split_qa.EXTRA_VARIANTS, "mixed")
+    ]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -237,8 +239,9 @@ def split_qa_builder(
 ) -> SplitQa:
     """The registered config for `variant` at the default sizes and seed, else a config named after
     its sizes and seed (built into its own directory)."""
-    if variant not in (*split_qa.VARIANTS, "mixed"):
-        raise ValueError(f"unknown variant {variant!r}: use 'mixed' or one of {split_qa.VARIANTS}")
+    if variant not in (*split_qa.VARIANTS, *split_qa.EXTRA_VARIANTS, "mixed"):
+        known = split_qa.VARIANTS + split_qa.EXTRA_VARIANTS
+        raise ValueError(f"unknown variant {variant!r}: use 'mixed' or one of {known}")
     default = SplitQaConfig(name=variant, variant=variant)
     sizes = tuple(sizes) if sizes is not None else default.sizes
     if sizes == default.sizes and seed == default.seed:

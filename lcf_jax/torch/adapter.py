@@ -71,6 +71,7 @@ class AdapterConfig:
     receiver_conditioned: bool
     compute_dtype: str
     gate_inference: str = "hard"
+    message_norm: str = "none"  # lcfx: "standardize" adds the pool's shift and scale
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = CONFIG_FILE) -> AdapterConfig:
@@ -104,6 +105,7 @@ class AdapterConfig:
                 receiver_conditioned=bool(data.get("receiver_conditioned", False)),
                 compute_dtype=data.get("compute_dtype", "float32"),
                 gate_inference=data.get("gate_inference", "hard"),
+                message_norm=data.get("message_norm", "none"),
             )
         except AdapterFormatError:
             raise
@@ -130,6 +132,8 @@ class AdapterConfig:
             problems.append(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
         if self.gate_inference not in ("hard", "soft"):
             problems.append(f"unknown gate_inference {self.gate_inference!r}")
+        if self.message_norm not in ("none", "standardize"):
+            problems.append(f"unknown message_norm {self.message_norm!r}")
         if self.message_injection not in ("broadcast", "prefix"):
             problems.append(f"unknown message_injection {self.message_injection!r}")
         if problems:
@@ -189,6 +193,7 @@ class Adapter(nn.Module):
                 s.head_dim,
                 slots=config.message_slots,
                 receiver_width=r.kv_width if config.receiver_conditioned else None,
+                standardize=config.message_norm == "standardize",
             )
 
     @property

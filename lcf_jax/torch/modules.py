@@ -238,15 +238,22 @@ def cross_span_pool(q, k_spans, v_spans, valid):
 class SpanPool(nn.Module):
     """LCF-X's two-stage pool (lcf_jax.adapters.lcfx.SpanPool), N layers stacked: a learned query per
     kv head pools each span, then slot queries pool the spans into the message. Receiver-conditioned
-    pools add `cond(mean of the receiver's valid keys)` to the span query."""
+    pools add `cond(mean of the receiver's valid keys)` to the span query; standardised ones send
+    `(x - shift) * scale`."""
 
-    def __init__(self, n: int, kv_heads: int, head_dim: int, *, slots: int, receiver_width: int | None):
+    def __init__(
+        self, n: int, kv_heads: int, head_dim: int, *, slots: int, receiver_width: int | None, standardize: bool = False
+    ):
         super().__init__()
         self.q_base = nn.Parameter(torch.empty(n, kv_heads, head_dim), requires_grad=False)
         self.q_layer = nn.Parameter(torch.empty(n, slots, kv_heads, head_dim), requires_grad=False)
         if receiver_width is not None:
             self.cond = StackedLinear(n, receiver_width, kv_heads * head_dim, bias=False)
         self.conditioned = receiver_width is not None
+        if standardize:
+            self.norm_shift = nn.Parameter(torch.empty(n, 2, slots, kv_heads, head_dim), requires_grad=False)
+            self.norm_scale = nn.Parameter(torch.empty(n, 2, slots, kv_heads, head_dim), requires_grad=False)
+        self.standardize = standardize
 
     def forward(self, sk, sv, span_ids, num_spans: int, receiver_k=None, receiver_mask=None):
         """sk, sv `[N, B, S, K, H]`, span_ids `[B, S]` -> message keys and values `[N, B, M, K, H]`.
@@ -261,4 +268,8 @@ class SpanPool(nn.Module):
             mean = (flat * mask).sum(2) / torch.clamp(mask.sum(2), min=1.0)  # [N, B, K_R*H_R]
             q = q + self.cond(mean).view(q.shape)
         k_spans, v_spans, valid = span_pool(q, sk, sv, span_ids, num_spans)
-        return cross_span_pool(self.q_layer, k_spans, v_spans, valid)
+        k, v = cross_span_pool(self.q_layer, k_spans, v_spans, valid)
+        if self.standardize:  # [N, 2, M, K, H] against messages [N, B, M, K, H]
+            shift, scale = self.norm_shift[:, :, None], self.norm_scale[:, :, None]
+            k, v = (k - shift[:, 0]) * scale[:, 0], (v - shift[:, 1]) * scale[:, 1]
+        return k, v

@@ -6,6 +6,7 @@ Only process 0 logs and writes files other than checkpoints (Orbax coordinates t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,7 +33,14 @@ from lcf_jax.progress import Progress
 from lcf_jax.sharding import describe, logical_spec, make_mesh, tree_shardings
 from lcf_jax.train.batch import Batch
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
-from lcf_jax.train.step import StepConfig, TrainState, init_state, make_optimizer, make_train_step
+from lcf_jax.train.step import (
+    StepConfig,
+    TrainState,
+    calibrate_message_norm,
+    init_state,
+    make_optimizer,
+    make_train_step,
+)
 from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR, CONTROL_DIR
 
 log = logging.getLogger("lcf_jax.train")
@@ -240,6 +248,8 @@ def train(
     restored = checkpointer.restore(abstract_like(abstract, state_shardings))
     if restored is None:
         state = jax.jit(fresh_state, out_shardings=state_shardings)()
+        if spec.message_norm == "standardize":
+            state = _calibrated(state, graphdef, (sharer, receiver), frozen, iterator, mesh, config, state_shardings)
     else:
         state, data_state = restored
         iterator.set_state(data_state)
@@ -320,6 +330,21 @@ def train(
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     metrics_log.close()
     return summary
+
+
+def _calibrated(state, graphdef, models, frozen, iterator, mesh, config, state_shardings) -> TrainState:
+    """LCF-X's message standardisation set from the first training batch (which training then
+    starts on: the iterator is rewound), over the global batch."""
+    saved = iterator.get_state()
+    first = put_batch(next(iterator).micro_batches(1), mesh, jax.process_count())
+    iterator.set_state(saved)
+
+    def calibrate(params, frozen, batch):
+        one = jax.tree.map(lambda x: x[0], batch)  # the micro-batch axis of 1
+        return calibrate_message_norm(graphdef, params, *models, frozen, one, config.adapter.num_spans)
+
+    params = jax.jit(calibrate, out_shardings=state_shardings.params)(state.params, frozen, first)
+    return dataclasses.replace(state, params=params)
 
 
 def count_params_state(state: TrainState) -> int:

@@ -161,6 +161,27 @@ def token_losses(
     return out
 
 
+def calibrate_message_norm(
+    adapter_graphdef: nnx.GraphDef, params: PyTree, sharer: Model, receiver: Model, frozen, batch: Batch, num_spans: int
+) -> PyTree:
+    """The adapter's parameters with LCF-X's message standardisation set from `batch`'s messages
+    (`Adapter.calibrate_message_norm`); jit it with the batch's sharding and the statistics are
+    over the global batch, the same on every host."""
+    sharer_params, receiver_params = frozen
+    adapter = nnx.merge(adapter_graphdef, params)
+    b = batch.sharer.shape[0]
+    s_cache = KVCache.init(sharer.config, b, batch.sharer.shape[1], sharer.dtype)
+    _, s_cache = forward(sharer.graphdef, sharer_params, batch.sharer, s_cache, batch.sharer_lengths, last_only=True)
+    r_cache = None
+    if adapter.spec.receiver_conditioned:
+        r_cache = KVCache.init(receiver.config, b, batch.prefix.shape[1], receiver.dtype)
+        _, r_cache = forward(
+            receiver.graphdef, receiver_params, batch.prefix, r_cache, batch.prefix_lengths, last_only=True
+        )
+    adapter.calibrate_message_norm(s_cache, batch.span_ids, num_spans, r_cache)
+    return nnx.state(adapter, nnx.Param)
+
+
 def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, batch: Batch) -> tuple[Array, Array]:
     """The receiver runs the suffix (last prompt token, response) on the fused cache: per row the
     sum of response-token NLLs and their count, `[B]` each."""
