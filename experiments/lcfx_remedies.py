@@ -61,6 +61,7 @@ def variants() -> dict[str, ml_collections.ConfigDict]:
         "soft_gates": lambda c: c.adapter.options.update(gate_inference="soft"),
         "standardize": lambda c: c.adapter.options.update(message_norm="standardize"),
         "answer_types": lambda c: c.data.update(variant="single_hop_types"),
+        "distill": lambda c: c.train.update(distill_weight=1.0),
         "prefix_4_distinct": lambda c: c.adapter.options.update(
             message_injection="prefix", message_slots=4, slot_query_init="normal"
         ),

@@ -1,22 +1,29 @@
 """LCF-X recipe options where the paper is silent (issue 16): zero-initialised up-projections, soft
-gates at inference, a learning-rate multiplier for the span pool, the anti-bypass hinge; and the
-proof that the message path carries information on a task only the sharer can answer."""
+gates at inference, a learning-rate multiplier for the span pool, the anti-bypass hinge, distinct
+slot queries, message standardisation, distillation from the full-context receiver; and the proof
+that the message path carries information on a task only the sharer can answer."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tiny_pair import tiny_models
+from tiny_pair import tiny_models, tiny_text_models
 
 from lcf_jax import communicate
 from lcf_jax.adapters import build
 from lcf_jax.adapters.io import load_adapter
 from lcf_jax.adapters.lcfx import spans_from_lengths
 from lcf_jax.config import load_config
+from lcf_jax.data.examples import make_batch
 from lcf_jax.data.pipeline import BatchIterator
+from lcf_jax.data.qa import question_example
+from lcf_jax.data.split_qa import generate_questions
 from lcf_jax.data.synthetic import sharer_only_task
 from lcf_jax.train.loop import build_models, train
 from lcf_jax.train.step import make_optimizer, token_losses
@@ -184,3 +191,41 @@ def test_training_calibrates_the_message_norm_on_its_first_batch(tmp_path):
     pool = load_adapter(tmp_path / "adapter").pool
     scale = np.asarray(pool.norm_scale[...])
     assert np.abs(np.asarray(pool.norm_shift[...])).max() > 1e-3 and np.abs(scale - 1.0).max() > 0.1
+
+
+def test_distillation_from_the_full_context_receiver(tmp_path):
+    """The KL term is exactly 0 when the teacher reads what the student reads (an intact receiver,
+    the same prompt), positive when the teacher reads the whole context; training logs it; data
+    without both halves of the context is refused."""
+    sharer, receiver = tiny_text_models()
+    tok = receiver.tokenizer
+    questions = generate_questions("train", 4)
+    examples = [question_example(q, tok, tok, teacher=True) for q in questions]
+    assert all(len(e.teacher_prompt) > len(e.prompt) for e in examples)
+    adapter = build("lcfx", sharer.config, receiver.config, latent_width=16, up_init="zeros")
+    frozen = (sharer.params, receiver.params)
+
+    def distill(examples):
+        out = token_losses(
+            adapter, sharer, receiver, frozen, make_batch(examples, bucket=16), None, 1.0, 8, distill=True
+        )
+        return float(out["distill"] / out["count"])
+
+    assert distill(examples) > 1e-3
+    assert abs(distill([dataclasses.replace(e, teacher_prompt=e.prompt) for e in examples])) < 1e-5
+    without_teacher = make_batch([dataclasses.replace(e, teacher_prompt=None) for e in examples])
+    with pytest.raises(ValueError, match="teacher_prefix"):
+        token_losses(adapter, sharer, receiver, frozen, without_teacher, None, 1.0, 8, distill=True)
+
+    config = load_config("configs/tiny.py:lcfx")
+    config.data.kind = "split_qa"
+    config.data.count = 16
+    config.train.distill_weight = 1.0
+    config.train.steps = config.train.anneal_steps = 2
+    config.log_every = 1
+    train(config, tmp_path, progress=False, models=(sharer, receiver))
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["distill"] > 0 for r in logged if "step" in r)
+    config.data.kind = "synthetic"
+    with pytest.raises(ValueError, match="distill_weight needs question data"):
+        train(config, tmp_path / "synthetic", progress=False, models=(sharer, receiver))

@@ -14,18 +14,25 @@ from lcf_jax.train.batch import Batch
 class Example:
     """prompt: the receiver's prompt ids (its last token starts the answer); response: the target ids.
     Shared context: `sharer_prompt` aligned one to one with `prompt` (None: the same ids).
-    Different contexts (lcfx): `sharer_context`, the sharer's own context as spans of ids."""
+    Different contexts (lcfx): `sharer_context`, the sharer's own context as spans of ids;
+    `teacher_prompt` (optional), the receiver's prompt with the full context, ending in the same
+    token as `prompt`: the teacher of distillation."""
 
     prompt: tuple[int, ...]
     response: tuple[int, ...]
     sharer_prompt: tuple[int, ...] | None = None
     sharer_context: tuple[tuple[int, ...], ...] | None = None
+    teacher_prompt: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if len(self.prompt) < 2 or not self.response:
             raise ValueError("an example needs a prompt of at least 2 tokens and a non-empty response")
         if self.sharer_prompt is not None and len(self.sharer_prompt) != len(self.prompt):
             raise ValueError("sharer_prompt must align one to one with prompt")
+        if self.teacher_prompt is not None and (
+            len(self.teacher_prompt) < 2 or self.teacher_prompt[-1] != self.prompt[-1]
+        ):
+            raise ValueError("teacher_prompt must end with prompt's last token (both then read the same suffix)")
 
     @property
     def length(self) -> int:
@@ -43,28 +50,32 @@ def round_up(n: int, bucket: int) -> int:
     return max(bucket, -(-n // bucket) * bucket)
 
 
-def batch_widths(examples: Sequence[Example], bucket: int) -> tuple[int, int, int]:
-    """(prefix, sharer, suffix) widths for these examples, rounded up to `bucket` so batches of
-    similar lengths share one compiled step."""
+def batch_widths(examples: Sequence[Example], bucket: int) -> tuple[int, int, int, int]:
+    """(prefix, sharer, suffix, teacher prefix) widths for these examples, rounded up to `bucket` so
+    batches of similar lengths share one compiled step (teacher: 0 when they have no teacher)."""
     prefix = max(len(e.prompt) - 1 for e in examples)
     suffix = max(len(e.response) + 1 for e in examples)
     sharer = max(
         sum(len(s) for s in e.sharer_context) if e.sharer_context is not None else len(e.prompt) - 1 for e in examples
     )
-    return round_up(prefix, bucket), round_up(max(sharer, 1), bucket), round_up(suffix, bucket)
+    teachers = [len(e.teacher_prompt) - 1 for e in examples if e.teacher_prompt is not None]
+    if teachers and len(teachers) != len(examples):
+        raise ValueError("some examples have a teacher_prompt and some do not: give every example one, or none")
+    teacher = round_up(max(teachers), bucket) if teachers else 0
+    return round_up(prefix, bucket), round_up(max(sharer, 1), bucket), round_up(suffix, bucket), teacher
 
 
 def make_batch(
     examples: Sequence[Example],
     *,
     pad_id: int = 0,
-    widths: tuple[int, int, int] | None = None,
+    widths: tuple[int, int, int, int] | None = None,
     bucket: int = 16,
     first_row: int = 0,
 ) -> Batch:
     """Pad examples into a `Batch` (the layout `train.batch` documents); `first_row` is the global
     index of the first example (a host's offset in the global batch)."""
-    tp, ts, tq = widths or batch_widths(examples, bucket)
+    tp, ts, tq, tt = widths or batch_widths(examples, bucket)
     prefix, prefix_lengths = _pad([e.prompt[:-1] for e in examples], tp, pad_id)
     suffix, suffix_lengths = _pad([(e.prompt[-1], *e.response) for e in examples], tq, pad_id)
     span_ids = np.full((len(examples), ts), -1, np.int32)
@@ -78,4 +89,5 @@ def make_batch(
         sharer_rows.append(row)
     sharer, sharer_lengths = _pad(sharer_rows, ts, pad_id)
     row_ids = np.arange(first_row, first_row + len(examples), dtype=np.int32)
-    return Batch(prefix, prefix_lengths, sharer, sharer_lengths, span_ids, suffix, suffix_lengths, row_ids)
+    teacher = _pad([e.teacher_prompt[:-1] for e in examples], tt, pad_id) if tt else (None, None)
+    return Batch(prefix, prefix_lengths, sharer, sharer_lengths, span_ids, suffix, suffix_lengths, row_ids, *teacher)

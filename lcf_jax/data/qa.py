@@ -108,16 +108,28 @@ def sharer_spans(q: Question, tokenizer: Any, *, sees_question: bool = False) ->
 
 
 def question_example(
-    q: Question, receiver_tokenizer: Any, sharer_tokenizer: Any, *, sees_question: bool = False
+    q: Question, receiver_tokenizer: Any, sharer_tokenizer: Any, *, sees_question: bool = False, teacher: bool = False
 ) -> Example:
-    prompt = _ids(
-        receiver_tokenizer.apply_chat_template(receiver_messages(q), add_generation_prompt=True, tokenize=True)
-    )
+    """One LCF-X training example. `teacher`: also the receiver's prompt with both halves of the
+    context, the sharer's paragraphs first (the evaluation's full_context_sharer_first), for
+    distillation from the receiver that reads everything."""
+
+    def chat(paragraphs=None) -> tuple[int, ...]:
+        return tuple(
+            _ids(
+                receiver_tokenizer.apply_chat_template(
+                    receiver_messages(q, paragraphs), add_generation_prompt=True, tokenize=True
+                )
+            )
+        )
+
+    prompt = chat()
+    teacher_prompt = chat([*q.sharer_context, *q.receiver_context]) if teacher else None
     response = list(receiver_tokenizer.encode(q.answers[0], add_special_tokens=False))
     if receiver_tokenizer.eos_token_id is not None:
         response.append(receiver_tokenizer.eos_token_id)
     spans = sharer_spans(q, sharer_tokenizer or receiver_tokenizer, sees_question=sees_question)
-    return Example(tuple(prompt), tuple(response), sharer_context=spans)
+    return Example(prompt, tuple(response), sharer_context=spans, teacher_prompt=teacher_prompt)
 
 
 def load_question_examples(
@@ -128,10 +140,13 @@ def load_question_examples(
     sees_question: bool = False,
     max_length: int = 2048,
     limit: int | None = None,
+    teacher: bool = False,
 ) -> list[Example]:
     examples = []
     for q in read_questions(path):
-        example = question_example(q, receiver_tokenizer, sharer_tokenizer, sees_question=sees_question)
+        example = question_example(
+            q, receiver_tokenizer, sharer_tokenizer, sees_question=sees_question, teacher=teacher
+        )
         if example.length <= max_length:
             examples.append(example)
         if limit is not None and len(examples) >= limit:

@@ -8,6 +8,9 @@ the response run through the receiver alone, attending to the fused cache. So a 
                                  lcfx: the sharer's own context, with `span_ids` `[B, Ts]`;
   suffix  `[B, Tq]` (+ lengths): the last prompt token, then the response; the loss is the
                                  next-token cross-entropy over the response only.
+  teacher_prefix `[B, Tt]` (+ lengths), optional: the receiver's prompt with the full context minus
+                 its last token, for distillation (`StepConfig.distill_weight`): the receiver reading
+                 it then the same suffix is the teacher.
   row_ids `[B]`: each row's index in the global batch; training noise (Gumbel gates, dropout) is
                  keyed by it, so a row draws the same noise whichever micro-batch, device or host
                  computes it.
@@ -35,11 +38,14 @@ class Batch:
     suffix: Array
     suffix_lengths: Array
     row_ids: Array
+    teacher_prefix: Array | None = None
+    teacher_prefix_lengths: Array | None = None
 
     @property
     def num_tokens(self) -> int:
         """Tokens the step reads (both models), for throughput."""
-        return int(np.sum(self.prefix_lengths) + np.sum(self.sharer_lengths) + np.sum(self.suffix_lengths))
+        teacher = 0 if self.teacher_prefix_lengths is None else np.sum(self.teacher_prefix_lengths)
+        return int(np.sum(self.prefix_lengths) + np.sum(self.sharer_lengths) + np.sum(self.suffix_lengths) + teacher)
 
     def micro_batches(self, count: int) -> Batch:
         """`[B, ...]` -> `[count, B / count, ...]` for gradient accumulation."""

@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     # LCF-X recipe options where the paper is silent (ours; 0 / 1.0 leave the paper's recipe):
     config.train.bypass_weight = 0.0  # anti-bypass hinge weight (train/step.py token_losses)
     config.train.bypass_margin = 0.5  # its margin, nats per token
+    config.train.distill_weight = 0.0  # KL to the receiver reading the full context (train/step.py token_losses)
     config.train.pool_lr_scale = 1.0  # learning-rate multiplier of the span pool's parameters
 
     # data=-1 takes the devices fsdp x tensor leave; num_devices=0 uses them all (N: the first N).

@@ -88,6 +88,12 @@ def adapter_spec(config: ml_collections.ConfigDict, sharer: ModelConfig, receive
 
 def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: Model) -> list[Example]:
     data = config.data
+    teacher = config.train.get("distill_weight", 0.0) > 0  # distillation reads full-context prompts
+    if teacher and data.kind not in ("qa_jsonl", "split_qa"):
+        raise ValueError(
+            f"train.distill_weight needs question data with both halves of the context (data.kind 'qa_jsonl' or "
+            f"'split_qa'), not {data.kind!r}: set train.distill_weight=0"
+        )
     if data.kind == "synthetic":
         return copy_task(
             data.count,
@@ -114,6 +120,7 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
             sees_question=data.sharer_sees_question,
             max_length=data.max_length,
             limit=data.limit or None,
+            teacher=teacher,
         )
     if data.kind == "split_qa":
         if receiver.tokenizer is None:
@@ -123,7 +130,9 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
 
         questions = generate_questions("train", data.count, seed=data.seed, variant=data.variant)
         return [
-            question_example(q, receiver.tokenizer, sharer.tokenizer, sees_question=data.sharer_sees_question)
+            question_example(
+                q, receiver.tokenizer, sharer.tokenizer, sees_question=data.sharer_sees_question, teacher=teacher
+            )
             for q in questions
         ]
     raise ValueError(
@@ -265,6 +274,7 @@ def train(
         with_control=with_control,
         bypass_weight=t.get("bypass_weight", 0.0),
         bypass_margin=t.get("bypass_margin", 0.5),
+        distill_weight=t.get("distill_weight", 0.0),
     )
     step_fn = jax.jit(
         make_train_step(graphdef, sharer, receiver, optimizer, step_config),

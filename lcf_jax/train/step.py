@@ -55,6 +55,9 @@ class StepConfig:
     # margin in nats per token.
     bypass_weight: float = 0.0
     bypass_margin: float = 0.5
+    # lcfx: weight of the distillation term (`token_losses`), 0 = off (the paper: plain NLL); needs
+    # batches with a teacher prefix (the full-context prompt).
+    distill_weight: float = 0.0
 
 
 def make_optimizer(
@@ -116,21 +119,32 @@ def token_losses(
     receiver_only: bool = False,
     control: Adapter | None = None,
     bypass_margin: float | None = None,
+    distill: bool = False,
 ) -> dict[str, Array]:
     """Sums over the batch's response tokens: "nll" (negative log-likelihood) and "count" (tokens);
     with a `control` adapter "control_nll", from the same receiver prefix pass; with
     `bypass_margin` (LCF-X) "bypass": the anti-bypass hinge, per row max(0, NLL(own message) -
     NLL(the next row's message) + margin) on mean token NLLs, weighted by the row's tokens (so
     dividing by "count" gives a token mean like the NLL's). It rewards a message that helps its own
-    question more than another's (Interlat, arXiv 2511.09149), reusing the receiver's prefix pass."""
+    question more than another's (Interlat, arXiv 2511.09149), reusing the receiver's prefix pass;
+    with `distill` "distill": the KL from the teacher (the frozen receiver reading the batch's
+    `teacher_prefix`, the full-context prompt, then the same suffix) to the adapted receiver over
+    the vocabulary at every response token (context distillation: xRAG, arXiv 2405.13792;
+    Cartridges, arXiv 2506.06266). The soft targets say what the full context makes likely, not
+    only the one reference answer."""
     sharer_params, receiver_params = frozen
     b, tp = batch.prefix.shape
     r_cache = KVCache.init(receiver.config, b, tp, receiver.dtype)
     _, r_cache = forward(
         receiver.graphdef, receiver_params, batch.prefix, r_cache, batch.prefix_lengths, last_only=True
     )
-    if (receiver_only or control is not None or bypass_margin is not None) and adapter.spec.kind != "lcfx":
-        raise ValueError("receiver_only, the control and the anti-bypass term are LCF-X training: use an lcfx adapter")
+    if (receiver_only or control is not None or bypass_margin is not None or distill) and adapter.spec.kind != "lcfx":
+        raise ValueError(
+            "receiver_only, the control, the anti-bypass and the distillation terms are LCF-X training: use an lcfx "
+            "adapter"
+        )
+    if distill and batch.teacher_prefix is None:
+        raise ValueError("distillation needs batches with a teacher_prefix (examples with a teacher_prompt)")
     if receiver_only:
         fused = adapter.receive(adapter.empty_message(b), r_cache, rng=rng, temperature=temperature)
         nll, count = _suffix_losses(receiver, receiver_params, fused, batch)
@@ -144,8 +158,10 @@ def token_losses(
         fused = adapter.receive(message, r_cache, rng=rng, temperature=temperature)
     else:
         fused = adapter.fuse(s_cache, r_cache, rng=rng, temperature=temperature)
-    nll, count = _suffix_losses(receiver, receiver_params, fused, batch)
+    nll, count, logp = _suffix_losses(receiver, receiver_params, fused, batch, with_logp=True)
     out = {"nll": nll.sum(), "count": count.sum()}
+    if distill:
+        out["distill"] = _distillation(receiver, receiver_params, batch, logp)
     if bypass_margin is not None:
         if b < 2:
             raise ValueError("the anti-bypass term rolls messages within a micro-batch: it needs 2 or more rows")
@@ -182,17 +198,40 @@ def calibrate_message_norm(
     return nnx.state(adapter, nnx.Param)
 
 
-def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, batch: Batch) -> tuple[Array, Array]:
-    """The receiver runs the suffix (last prompt token, response) on the fused cache: per row the
-    sum of response-token NLLs and their count, `[B]` each."""
-    tq = batch.suffix.shape[1]
-    fused = fused.with_capacity(fused.capacity + tq)
-    logits, _ = forward(receiver.graphdef, receiver_params, batch.suffix, fused, batch.suffix_lengths)
-    targets = batch.suffix[:, 1:]
-    valid = jnp.arange(tq - 1)[None, :] < (batch.suffix_lengths - 1)[:, None]
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0), axis=1), jnp.sum(valid, axis=1).astype(jnp.float32)
+def _suffix_logp(receiver: Model, receiver_params: PyTree, cache: KVCache, batch: Batch) -> Array:
+    """The receiver runs the suffix (last prompt token, response) on `cache`: log-probabilities of
+    each next token `[B, Tq - 1, V]`."""
+    cache = cache.with_capacity(cache.capacity + batch.suffix.shape[1])
+    logits, _ = forward(receiver.graphdef, receiver_params, batch.suffix, cache, batch.suffix_lengths)
+    return jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+
+
+def _response_mask(batch: Batch) -> Array:
+    """`[B, Tq - 1]` True where the suffix predicts a response token."""
+    return jnp.arange(batch.suffix.shape[1] - 1)[None, :] < (batch.suffix_lengths - 1)[:, None]
+
+
+def _suffix_losses(receiver: Model, receiver_params: PyTree, fused: KVCache, batch: Batch, with_logp: bool = False):
+    """Per row the sum of response-token NLLs on the fused cache and their count, `[B]` each (and
+    the log-probabilities, with `with_logp`)."""
+    logp = _suffix_logp(receiver, receiver_params, fused, batch)
+    valid = _response_mask(batch)
+    nll = -jnp.take_along_axis(logp, batch.suffix[:, 1:, None], axis=-1)[..., 0]
+    out = jnp.sum(jnp.where(valid, nll, 0.0), axis=1), jnp.sum(valid, axis=1).astype(jnp.float32)
+    return (*out, logp) if with_logp else out
+
+
+def _distillation(receiver: Model, receiver_params: PyTree, batch: Batch, student_logp: Array) -> Array:
+    """Sum over response tokens of KL(teacher || student); the teacher is the frozen receiver
+    reading the full-context prompt (`batch.teacher_prefix`) and then the same suffix."""
+    b, tt = batch.teacher_prefix.shape
+    cache = KVCache.init(receiver.config, b, tt, receiver.dtype)
+    _, cache = forward(
+        receiver.graphdef, receiver_params, batch.teacher_prefix, cache, batch.teacher_prefix_lengths, last_only=True
+    )
+    teacher_logp = jax.lax.stop_gradient(_suffix_logp(receiver, receiver_params, cache, batch))
+    kl = jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)  # [B, Tq - 1]
+    return jnp.sum(jnp.where(_response_mask(batch), kl, 0.0))
 
 
 def make_train_step(
@@ -215,6 +254,7 @@ def make_train_step(
         trained = (state.params, state.control["params"]) if with_control else (state.params,)
 
         bypass = config.bypass_weight > 0 and not config.receiver_only  # the control has no message
+        distill = config.distill_weight > 0 and not config.receiver_only
 
         def micro(carry, micro_batch):
             grads_sum, sums = carry
@@ -234,9 +274,15 @@ def make_train_step(
                     config.receiver_only,
                     control=adapters[1] if with_control else None,
                     bypass_margin=config.bypass_margin if bypass else None,
+                    distill=distill,
                 )
                 # The two adapters share no parameter: the gradient of the sum is each one's own.
-                total = out["nll"] + config.bypass_weight * out.get("bypass", 0.0) + out.get("control_nll", 0.0)
+                total = (
+                    out["nll"]
+                    + config.bypass_weight * out.get("bypass", 0.0)
+                    + config.distill_weight * out.get("distill", 0.0)
+                    + out.get("control_nll", 0.0)
+                )
                 return total, out
 
             (_, out), grads = jax.value_and_grad(loss, has_aux=True)(trained)
@@ -244,7 +290,8 @@ def make_train_step(
             return (grads_sum, jax.tree.map(jnp.add, sums, out)), None
 
         zeros = jax.tree.map(jnp.zeros_like, trained)
-        keys = ["nll", "count", *(["bypass"] if bypass else []), *(["control_nll"] if with_control else [])]
+        keys = ["nll", "count", *(["bypass"] if bypass else []), *(["distill"] if distill else [])]
+        keys += ["control_nll"] if with_control else []
         (grads, sums), _ = jax.lax.scan(micro, (zeros, {k: jnp.float32(0.0) for k in keys}), batch)
         count = jnp.maximum(sums["count"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
@@ -261,6 +308,8 @@ def make_train_step(
         }
         if bypass:
             metrics["bypass"] = sums["bypass"] / count
+        if distill:
+            metrics["distill"] = sums["distill"] / count
         control = None
         if with_control:
             c = state.control
