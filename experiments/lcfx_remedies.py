@@ -62,6 +62,7 @@ def variants() -> dict[str, ml_collections.ConfigDict]:
         "standardize": lambda c: c.adapter.options.update(message_norm="standardize"),
         "answer_types": lambda c: c.data.update(variant="single_hop_types"),
         "distill": lambda c: c.train.update(distill_weight=1.0),
+        "gold_only": lambda c: c.data.update(sharer_gold_only=True),
         "prefix_4_distinct": lambda c: c.adapter.options.update(
             message_injection="prefix", message_slots=4, slot_query_init="normal"
         ),
@@ -96,7 +97,13 @@ def main() -> None:
             train(config, run_dir, progress=False, models=(model, model))
         train_s = time.perf_counter() - start
         # The demo's questions whatever the variant trained on (answer_types trains on other kinds too).
-        questions = generate_questions("test", args.count, seed=config.eval.seed, variant=DEMO_VARIANT)
+        questions = generate_questions(
+            "test",
+            args.count,
+            seed=config.eval.seed,
+            variant=DEMO_VARIANT,
+            sharer_gold_only=config.data.sharer_gold_only,
+        )
         control = run_dir / CONTROL_DIR
         setup = Setup(
             model,

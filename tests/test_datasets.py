@@ -245,3 +245,12 @@ def test_mcq_bad_line_names_file_line_and_layouts(tmp_path, row, why):
     expected = rf"bad\.jsonl:2: expected one of the layouts MMLU-Redux.*ARC.*OpenBookQA.*{why}"
     with pytest.raises(DataError, match=expected):
         list(read_mcq(path))
+
+
+def test_split_qa_sharer_gold_only_keeps_the_fact_alone():
+    full = split_qa.generate_questions("train", 20)
+    gold = split_qa.generate_questions("train", 20, sharer_gold_only=True)
+    for a, b in zip(full, gold):
+        assert len(b.sharer_context) == 1 and b.sharer_context[0] in a.sharer_context
+        assert a.answers[0] in b.sharer_context[0]
+        assert (b.question, b.receiver_context, b.answers, b.id) == (a.question, a.receiver_context, a.answers, a.id)

@@ -61,6 +61,7 @@ tokens cut some of its long restated dates). Mixed sets average the two (about 3
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from typing import Any
@@ -326,10 +327,21 @@ def generate_example(split: str, index: int, *, seed: int = 0, variant: str = DE
 
 
 def generate_questions(
-    split: str, n: int, *, seed: int = 0, variant: str = DEFAULT_VARIANT, start: int = 0
+    split: str, n: int, *, seed: int = 0, variant: str = DEFAULT_VARIANT, start: int = 0, sharer_gold_only: bool = False
 ) -> list[Question]:
-    """Questions `start .. start + n - 1` of a split; ids are unique and stable across calls."""
-    return [generate_example(split, i, seed=seed, variant=variant)["question"] for i in range(start, start + n)]
+    """Questions `start .. start + n - 1` of a split; ids are unique and stable across calls.
+
+    `sharer_gold_only`: the sharer's half is its gold paragraph alone (a diagnostic for learned
+    messages: nothing to select, so a message that still carries nothing fails at passing the fact
+    on, not at finding it)."""
+    out = []
+    for i in range(start, start + n):
+        example = generate_example(split, i, seed=seed, variant=variant)
+        q = example["question"]
+        if sharer_gold_only:
+            q = dataclasses.replace(q, sharer_context=(q.sharer_context[example["sharer_gold"]],))
+        out.append(q)
+    return out
 
 
 def full_context(q: Question) -> list[str]:

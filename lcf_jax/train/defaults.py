@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.fixed_response = False  # synthetic only: one response for every prompt
     config.data.sharer_sees_question = False  # qa_jsonl: the sharer reads the question too (method: open)
     config.data.seed = 0
-    config.data.variant = "single_hop"  # split_qa: "single_hop" (calibrated), "bridge" or "mixed"
+    config.data.variant = "single_hop"  # split_qa: "single_hop" (calibrated), "bridge", "mixed", "single_hop_types"
+    config.data.sharer_gold_only = False  # split_qa: the sharer reads its gold paragraph alone (a diagnostic)
     config.data.bucket = 64
 
     config.train = ml_collections.ConfigDict()

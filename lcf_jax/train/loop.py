@@ -128,7 +128,13 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
         # Imported here: the generator is only needed for this data kind.
         from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
 
-        questions = generate_questions("train", data.count, seed=data.seed, variant=data.variant)
+        questions = generate_questions(
+            "train",
+            data.count,
+            seed=data.seed,
+            variant=data.variant,
+            sharer_gold_only=data.get("sharer_gold_only", False),
+        )
         return [
             question_example(
                 q, receiver.tokenizer, sharer.tokenizer, sees_question=data.sharer_sees_question, teacher=teacher
