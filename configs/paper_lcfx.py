@@ -15,8 +15,13 @@ here). Where it is silent, the choices are ours, each an option (issue 16):
                                 training mean
   train.pool_lr_scale           1.0 | k: the span pool learns k times faster
   train.bypass_weight/_margin   0 | w: the anti-bypass hinge (own message must beat another's)
+  train.distill_weight          0 | w: KL to the receiver that reads the full context
+  adapter.options.message_norm  "none" | "standardize": the message at mean 0, std 1 per dim (set
+                                from the first batch)
   adapter.options.message_injection / message_slots: "broadcast", 1 (the paper) | "prefix", M
+  adapter.options.slot_query_init "zeros" | "normal": distinct prefix slots
   adapter.options.receiver_conditioned: False (the paper) | True
+  data.variant (split_qa)       "single_hop_types": answers of five kinds instead of dates
 configs/smollm2_lcfx_scale.py:fixed turns ours on; experiments/lcfx_remedies.py measures each.
 """
 

@@ -11,7 +11,9 @@ together; `bash scripts/lcfx_scale.sh` runs both.
 Recipes: "paper" keeps the paper's recipe where it speaks (lr 1e-4, 10% warmup, one broadcast
 slot, hard gates at inference, lecun-normal projector, plain answer NLL); "fixed" adds our choices
 where the paper is silent (issue 16): zero-initialised up-projections (the receiver starts intact),
-the span pool at 10x the learning rate, soft gates at inference and the anti-bypass hinge.
+the span pool at 10x the learning rate, soft gates at inference, message standardisation, the
+anti-bypass hinge and distillation from the full-context receiver (which adds a teacher prefill of
+the whole context to every step: not yet timed on an accelerator).
 ",tiny" shrinks every size for a CPU test of the path (not a result).
 """
 
@@ -37,8 +39,8 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
     config.train.warmup_fraction = 0.1
     config.checkpoint.every = 100
     if recipe == "fixed":
-        config.adapter.options.update(up_init="zeros", gate_inference="soft")
-        config.train.update(pool_lr_scale=10.0, bypass_weight=1.0)
+        config.adapter.options.update(up_init="zeros", gate_inference="soft", message_norm="standardize")
+        config.train.update(pool_lr_scale=10.0, bypass_weight=1.0, distill_weight=1.0)
     if rest == ["tiny"]:
         config.model_dtype = "float32"
         config.data.count = 16

@@ -20,7 +20,9 @@ def test_the_scale_config_is_the_papers_size_and_recipes_differ_only_where_the_p
     assert (paper.train.batch_size, paper.train.steps, paper.data.count) == (256, 276, 276 * 256)
     assert paper.train.learning_rate == 1e-4 and paper.adapter.options.latent_width == 128
     assert paper.train.bypass_weight == 0.0 and paper.train.pool_lr_scale == 1.0
+    assert paper.train.distill_weight == 0.0 and fixed.train.distill_weight > 0
     assert "up_init" not in paper.adapter.options and fixed.adapter.options.up_init == "zeros"
+    assert "message_norm" not in paper.adapter.options and fixed.adapter.options.message_norm == "standardize"
     with pytest.raises(ValueError, match="takes 'paper' or 'fixed'"):
         load_config(f"{ROOT}/configs/smollm2_lcfx_scale.py:huge")
 
@@ -38,4 +40,4 @@ def test_the_tiny_scale_run_trains_and_evaluates_every_control(tmp_path):
         assert results[name]["n"] == 2, name
     assert results["lcfx"]["delta_vs_mismatched"] is not None
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 2 and "bypass" in summary["final"]
+    assert summary["steps"] == 2 and "bypass" in summary["final"] and "distill" in summary["final"]
