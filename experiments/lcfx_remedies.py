@@ -75,6 +75,11 @@ def variants() -> dict[str, ml_collections.ConfigDict]:
     combined.train.update(pool_lr_scale=10.0, bypass_weight=1.0)
     combined.adapter.with_control = True
     out["combined"] = combined
+    # configs/smollm2_lcfx_scale.py:fixed at the demo's size: combined plus standardisation and distillation.
+    fixed = ml_collections.ConfigDict(combined.to_dict())
+    fixed.adapter.options.update(message_norm="standardize")
+    fixed.train.update(distill_weight=1.0)
+    out["fixed_all"] = fixed
     return out
 
 
