@@ -744,7 +744,7 @@ def _jax_model(run: Run, name: str) -> tuple[list[dict], dict]:
     rng = np.random.RandomState(0)
     prompt = rng.randint(0, c.vocab_size, (1, sz.prompt)).astype(np.int32)
     n = sz.new_tokens
-    capacity = -(-sz.prompt // 64) * 64 + n  # generate pads the prompt to a multiple of 64
+    capacity = lcf("sizes").round_up(sz.prompt, 64) + n  # generate pads the prompt to a multiple of 64
 
     def gen(count: int) -> np.ndarray:
         # One cache capacity for every count: time(n) - time(1) then holds n - 1 decode steps only.
@@ -957,7 +957,7 @@ def section_ttft(run: Run) -> tuple[list[dict], dict]:
         times: dict[str, float] = {}
         cache = stage(times, "sharer_prefill", lambda: communicate.prefill(sharer_model, [sharer_ctx]))
         span_ids, num_spans = adapters.spans_from_lengths([span_lengths], cache.capacity)
-        num_spans = -(-num_spans // 8) * 8  # as communicate.send rounds it
+        num_spans = lcf("sizes").round_up(num_spans, 8)  # as communicate.send rounds it
         message = stage(times, "summary", lambda: _summarize(graphdef, params, cache, jnp.asarray(span_ids), num_spans))
         sizes_bytes[kind] = message.nbytes
         message = transfer(times, message)
@@ -1065,7 +1065,7 @@ def section_ttft(run: Run) -> tuple[list[dict], dict]:
 
 def section_train(run: Run) -> tuple[list[dict], dict]:
     sz = run.sizes
-    adapters, step_mod, batch_mod = lcf("adapters"), lcf("train.step"), lcf("train.batch")
+    adapters, step_mod, batch_mod = lcf("adapters"), lcf("train.step"), lcf("data.batch")
     sharer, receiver = run.model(SHARER), run.model(RECEIVER)
     b, tp, tq = sz.train_batch, sz.train_prefix, sz.train_suffix
     micro_count = run.args.train_micro or sz.train_micro

@@ -34,74 +34,9 @@ from lcf_jax.kv import KVCache
 from lcf_jax.messages import kv as kv_messages
 from lcf_jax.messages.kv import KVMessage
 from lcf_jax.messages.translate import KVTranslator
-from lcf_jax.models.model import CACHE_BLOCK, Model, forward
-from lcf_jax.sampling import Generation, generate, pad_batch
-
-BUCKET = 64
-
-
-def prefill(
-    model: Model,
-    prompts: Sequence[Sequence[int]],
-    *,
-    bucket: int = BUCKET,
-    chunk: int | None = None,
-    attention_mass: bool = False,
-):
-    """The cache of each prompt (rows right-padded to a multiple of `bucket` tokens). With `chunk`,
-    prompts longer than that many tokens are read `chunk` tokens at a time (`extend`), which bounds
-    the attention scores a call holds to `rows x heads x chunk x cache length`. With
-    `attention_mass`, returns `(cache, mass)`: the attention each entry received from the prompt's
-    tokens `[L, B, S]` (see `extend`)."""
-    if chunk is not None and max(len(p) for p in prompts) > chunk:
-        empty = model.new_cache(len(prompts), 0)
-        return extend(model, empty, prompts, bucket=bucket, chunk=chunk, attention_mass=attention_mass)
-    tokens, lengths = pad_batch(prompts, pad_id=model.config.pad_token_id or 0, multiple=bucket)
-    cache = model.new_cache(len(prompts), tokens.shape[1])
-    _, cache, *mass = forward(
-        model.graphdef, model.params, jnp.asarray(tokens), cache, jnp.asarray(lengths), True, attention_mass
-    )
-    return (cache, mass[0]) if attention_mass else cache
-
-
-def extend(
-    model: Model,
-    cache: KVCache,
-    rows: Sequence[Sequence[int]],
-    *,
-    bucket: int = 32,
-    chunk: int | None = None,
-    attention_mass: bool = False,
-):
-    """The cache with each row's tokens appended after what it holds (rows may be empty; the cache
-    grows as needed). Chunked prefill: equal to prefilling the concatenated prompts at once. With
-    `chunk`, rows are appended at most `chunk` tokens per call (the cache grows once, up front).
-    With `attention_mass`, returns `(cache, mass)`: the attention each cache entry received from
-    the appended tokens, per layer, summed over heads and tokens `[L, B, S]` (summed over chunks
-    too, so it equals one call's)."""
-    if not any(rows):
-        if attention_mass:
-            return cache, jnp.zeros((cache.num_layers, cache.batch_size, cache.capacity), jnp.float32)
-        return cache
-    longest = max(len(r) for r in rows)
-    step = longest if chunk is None else chunk
-    pieces = [[list(r[i : i + step]) for r in rows] for i in range(0, longest, step)]
-    widths = [-(-max(len(r) for r in piece) // bucket) * bucket for piece in pieces]
-    needed = int(np.max(np.asarray(cache.lengths))) + sum(widths)
-    cache = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
-    pad_id = model.config.pad_token_id or 0
-    total = 0.0
-    for piece, width in zip(pieces, widths):
-        tokens = np.full((len(piece), width), pad_id, np.int32)
-        for out, row in zip(tokens, piece):
-            out[: len(row)] = row
-        lengths = jnp.asarray([len(r) for r in piece], jnp.int32)
-        _, cache, *mass = forward(
-            model.graphdef, model.params, jnp.asarray(tokens), cache, lengths, True, attention_mass
-        )
-        if attention_mass:
-            total = total + mass[0]
-    return (cache, total) if attention_mass else cache
+from lcf_jax.models.model import Model
+from lcf_jax.sampling import BUCKET, Generation, extend, generate, prefill
+from lcf_jax.sizes import round_up
 
 
 def split_last(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[list[int]]]:
@@ -198,7 +133,7 @@ def send(
     else:
         span_ids, num_spans = window_spans([len(r) for r in rows], window, cache.capacity)
     # Round the span count up so different batches share compiled programs.
-    num_spans = -(-num_spans // 8) * 8
+    num_spans = round_up(num_spans, 8)
     graphdef, params = nnx.split(adapter)
     return _summarize(graphdef, params, cache, jnp.asarray(span_ids), num_spans, receiver_cache)
 
@@ -303,7 +238,7 @@ def select_kv(
     if not layers or layers[0] < 0 or layers[-1] >= num_layers:
         raise ValueError(f"layers must be indices in [0, {num_layers}), got {layers}")
     counts = kv_messages.entry_counts(read.lengths, entries, clip=clip)
-    width = -(-int(counts.max()) // ENTRY_BUCKET) * ENTRY_BUCKET
+    width = round_up(int(counts.max()), ENTRY_BUCKET)
     starts, lengths = jnp.asarray(read.starts), jnp.asarray(read.lengths)
     k, v, positions, valid = kv_messages.select(
         read.cache, scores, starts, lengths, jnp.asarray(counts, jnp.int32), jnp.asarray(read.span_ids),

@@ -20,7 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from lcf_jax.models.config import ModelConfig
+from lcf_jax.sizes import round_up
 from lcf_jax.typing import Array, DType
+
+# Caches grow in blocks of this many entries (`KVCache.with_room`), so a token-by-token caller
+# recompiles rarely.
+CACHE_BLOCK = 64
 
 
 @jax.tree_util.register_dataclass
@@ -73,6 +78,11 @@ class KVCache:
         """`[B, S]` True where an entry holds a real token."""
         return jnp.arange(self.capacity)[None, :] < self.lengths[:, None]
 
+    def with_room(self, needed: int) -> KVCache:
+        """A copy with room for `needed` entries per row, its capacity a multiple of `CACHE_BLOCK` (so
+        caches of similar sizes share compiled programs); itself when that capacity is no larger."""
+        return self.with_capacity(round_up(needed, CACHE_BLOCK))
+
     def with_capacity(self, capacity: int) -> KVCache:
         """A copy whose S axis is grown (zero-padded) to at least `capacity`."""
         extra = capacity - self.capacity
@@ -122,3 +132,20 @@ class KVCache:
                 f"KV cache shape {tuple(self.k.shape)} [L, B, S, K, H] does not fit this model and batch: "
                 f"expected L={want[0]}, B={want[1]}, K={want[2]}, H={want[3]}"
             )
+
+
+# -- row writes: the one place cache entries are written ------------------------------------------
+
+
+def write_rows(cache: Array, new: Array, starts: Array) -> Array:
+    """Write `new` `[B, T, K, H]` into `cache` `[B, S, K, H]` at a per-row offset `starts` `[B]`."""
+    return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0)))(cache, new, starts)
+
+
+def write_layer_rows(cache: Array, layer: Array, new: Array, starts: Array) -> Array:
+    """`write_rows` into layer `layer` of a whole cache `[L, B, S, K, H]`, in place: only the new
+    entries are written (the layer scan carries the whole cache, so nothing else is copied)."""
+    b, t = new.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = starts[:, None] + jnp.arange(t)[None, :]  # [B, T]
+    return cache.at[layer, rows, slots].set(new.astype(cache.dtype), mode="drop")

@@ -1,5 +1,7 @@
-"""Generation: one jitted function that prefills the prompt and runs the whole decode loop on device
-(`lax.while_loop`, cache donated), with greedy, temperature and top-p sampling and stop tokens.
+"""Running a model on prompts: `prefill` and `extend` read token rows into a cache (chunked when
+asked), and generation is one jitted function that prefills the prompt and runs the whole decode
+loop on device (`lax.while_loop`, cache donated), with greedy, temperature and top-p sampling and
+stop tokens.
 
 Prompts are right-padded to a multiple of `bucket` tokens so prompts of similar length share one
 compiled program.
@@ -18,8 +20,13 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.kv import KVCache
-from lcf_jax.models.model import CACHE_BLOCK, Model
+from lcf_jax.models.model import Model, forward
+from lcf_jax.sizes import round_up
 from lcf_jax.typing import Array
+
+# Prompt rows are right-padded to a multiple of this many tokens (prefill), so similar lengths
+# share one compiled program.
+BUCKET = 64
 
 SMALL_LEAVES = ("lengths", "entry_mask", "position_shift")  # KVCache fields besides k and v
 
@@ -41,17 +48,87 @@ class Generation:
 
 
 def pad_batch(
-    sequences: Sequence[Sequence[int]], *, pad_id: int = 0, multiple: int = 1
+    sequences: Sequence[Sequence[int]],
+    *,
+    pad_id: int = 0,
+    multiple: int = 1,
+    width: int | None = None,
+    allow_empty: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token lists to one `[B, T]` int32 array (T rounded up to `multiple`) plus lengths `[B]`."""
-    if not sequences or any(len(s) == 0 for s in sequences):
+    """Right-pad token lists to one `[B, T]` int32 array plus lengths `[B]`: T is the longest rounded
+    up to `multiple`, or `width` (e.g. one width for every host's rows of a global batch). Empty
+    sequences are an error unless `allow_empty` (a row with nothing to append)."""
+    if not sequences or (not allow_empty and any(len(s) == 0 for s in sequences)):
         raise ValueError("pad_batch needs at least one sequence and no empty sequences")
     lengths = np.array([len(s) for s in sequences], np.int32)
-    width = -(-int(lengths.max()) // multiple) * multiple
+    if width is None:
+        width = round_up(int(lengths.max()), multiple)
+    elif width < lengths.max():
+        raise ValueError(f"a sequence of {int(lengths.max())} tokens does not fit the width {width}")
     tokens = np.full((len(sequences), width), pad_id, np.int32)
     for row, seq in zip(tokens, sequences):
         row[: len(seq)] = seq
     return tokens, lengths
+
+
+def prefill(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    bucket: int = BUCKET,
+    chunk: int | None = None,
+    attention_mass: bool = False,
+):
+    """The cache of each prompt (rows right-padded to a multiple of `bucket` tokens). With `chunk`,
+    prompts longer than that many tokens are read `chunk` tokens at a time (`extend`), which bounds
+    the attention scores a call holds to `rows x heads x chunk x cache length`. With
+    `attention_mass`, returns `(cache, mass)`: the attention each entry received from the prompt's
+    tokens `[L, B, S]` (see `extend`)."""
+    if chunk is not None and max(len(p) for p in prompts) > chunk:
+        empty = model.new_cache(len(prompts), 0)
+        return extend(model, empty, prompts, bucket=bucket, chunk=chunk, attention_mass=attention_mass)
+    tokens, lengths = pad_batch(prompts, pad_id=model.config.pad_token_id or 0, multiple=bucket)
+    cache = model.new_cache(len(prompts), tokens.shape[1])
+    _, cache, *mass = forward(
+        model.graphdef, model.params, jnp.asarray(tokens), cache, jnp.asarray(lengths), True, attention_mass
+    )
+    return (cache, mass[0]) if attention_mass else cache
+
+
+def extend(
+    model: Model,
+    cache: KVCache,
+    rows: Sequence[Sequence[int]],
+    *,
+    bucket: int = 32,
+    chunk: int | None = None,
+    attention_mass: bool = False,
+):
+    """The cache with each row's tokens appended after what it holds (rows may be empty; the cache
+    grows as needed). Chunked prefill: equal to prefilling the concatenated prompts at once. With
+    `chunk`, rows are appended at most `chunk` tokens per call (the cache grows once, up front).
+    With `attention_mass`, returns `(cache, mass)`: the attention each cache entry received from
+    the appended tokens, per layer, summed over heads and tokens `[L, B, S]` (summed over chunks
+    too, so it equals one call's)."""
+    if not any(rows):
+        if attention_mass:
+            return cache, jnp.zeros((cache.num_layers, cache.batch_size, cache.capacity), jnp.float32)
+        return cache
+    longest = max(len(r) for r in rows)
+    step = longest if chunk is None else chunk
+    pieces = [[list(r[i : i + step]) for r in rows] for i in range(0, longest, step)]
+    widths = [round_up(max(len(r) for r in piece), bucket) for piece in pieces]
+    cache = cache.with_room(int(np.max(np.asarray(cache.lengths))) + sum(widths))
+    pad_id = model.config.pad_token_id or 0
+    total = 0.0
+    for piece, width in zip(pieces, widths):
+        tokens, lengths = pad_batch(piece, pad_id=pad_id, width=width, allow_empty=True)
+        _, cache, *mass = forward(
+            model.graphdef, model.params, jnp.asarray(tokens), cache, jnp.asarray(lengths), True, attention_mass
+        )
+        if attention_mass:
+            total = total + mass[0]
+    return (cache, total) if attention_mass else cache
 
 
 def stop_token_ids(model: Model) -> tuple[int, ...]:
@@ -140,15 +217,14 @@ def generate(
     tokens = model._check_tokens(tokens)
     b, t = tokens.shape
     lengths = jnp.full((b,), t, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
-    width = -(-t // bucket) * bucket
+    width = round_up(t, bucket)
     tokens = jnp.pad(tokens, ((0, 0), (0, width - t)), constant_values=pad_id)
     stop = stop_token_ids(model) if stop_tokens is None else tuple(stop_tokens)
     if cache is None:
         cache = model.new_cache(b, width + max_new_tokens)
     else:
         cache.check_compatible(model.config, b)
-        needed = int(jnp.max(cache.lengths)) + width + max_new_tokens
-        grown = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
+        grown = cache.with_room(int(jnp.max(cache.lengths)) + width + max_new_tokens)
         # The loop donates its cache; never hand it the caller's own buffers (a grown cache has new
         # k and v but shares the small leaves: lengths, entry mask, position shift).
         if grown is cache:

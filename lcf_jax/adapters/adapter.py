@@ -20,9 +20,8 @@ from lcf_jax.adapters.blocks import split_keys
 from lcf_jax.adapters.c2c import C2CProjector
 from lcf_jax.adapters.lcf import LCFProjector
 from lcf_jax.adapters.lcfx import Message, SpanPool
-from lcf_jax.kv import KVCache
+from lcf_jax.kv import KVCache, write_rows
 from lcf_jax.models.config import ModelConfig
-from lcf_jax.models.layers import write_rows
 from lcf_jax.typing import Array
 
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lcf_jax.train.batch import Batch
+from lcf_jax.data.batch import Batch
+from lcf_jax.sampling import pad_batch
+from lcf_jax.sizes import round_up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +42,12 @@ class Example:
 
 
 def _pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    out = np.full((len(rows), width), pad_id, np.int32)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out, np.array([len(r) for r in rows], np.int32)
+    return pad_batch(rows, pad_id=pad_id, width=width, allow_empty=True)
 
 
-def round_up(n: int, bucket: int) -> int:
-    return max(bucket, -(-n // bucket) * bucket)
+def _bucketed(n: int, bucket: int) -> int:
+    """At least one bucket, so an empty part still has a width."""
+    return max(bucket, round_up(n, bucket))
 
 
 def batch_widths(examples: Sequence[Example], bucket: int) -> tuple[int, int, int, int]:
@@ -61,8 +61,8 @@ def batch_widths(examples: Sequence[Example], bucket: int) -> tuple[int, int, in
     teachers = [len(e.teacher_prompt) - 1 for e in examples if e.teacher_prompt is not None]
     if teachers and len(teachers) != len(examples):
         raise ValueError("some examples have a teacher_prompt and some do not: give every example one, or none")
-    teacher = round_up(max(teachers), bucket) if teachers else 0
-    return round_up(prefix, bucket), round_up(max(sharer, 1), bucket), round_up(suffix, bucket), teacher
+    teacher = _bucketed(max(teachers), bucket) if teachers else 0
+    return _bucketed(prefix, bucket), _bucketed(max(sharer, 1), bucket), _bucketed(suffix, bucket), teacher
 
 
 def make_batch(
@@ -73,7 +73,7 @@ def make_batch(
     bucket: int = 16,
     first_row: int = 0,
 ) -> Batch:
-    """Pad examples into a `Batch` (the layout `train.batch` documents); `first_row` is the global
+    """Pad examples into a `Batch` (the layout `data.batch` documents); `first_row` is the global
     index of the first example (a host's offset in the global batch)."""
     tp, ts, tq, tt = widths or batch_widths(examples, bucket)
     prefix, prefix_lengths = _pad([e.prompt[:-1] for e in examples], tp, pad_id)

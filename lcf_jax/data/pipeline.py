@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from lcf_jax.data.batch import Batch
 from lcf_jax.data.examples import Example, batch_widths, make_batch
-from lcf_jax.train.batch import Batch
 
 
 @dataclasses.dataclass

@@ -31,6 +31,7 @@ from lcf_jax.messages.translate import (
     save_translator,
 )
 from lcf_jax.train.checkpoint import restore_params
+from lcf_jax.train.defaults import demo_config
 from lcf_jax.train.loop import adapter_spec, model_configs
 from lcf_jax.train.translator import KIND, translator_directory
 from lcf_jax.train.workdir import (
@@ -145,8 +146,6 @@ def _orbax_config(location: OrbaxLocation, config: ConfigLike | None) -> ConfigL
     if saved is not None:
         return saved
     if location.is_demo_run:
-        from lcf_jax.demo import demo_config  # noqa: PLC0415 - the demo's models load only when needed
-
         return demo_config()
     raise ValueError(
         f"{location.checkpoints} holds Orbax checkpoints but no adapter/ and no config.json (the training run did "

@@ -52,7 +52,6 @@ import numpy as np
 
 from lcf_jax.kv import KVCache
 from lcf_jax.models.config import ModelConfig
-from lcf_jax.models.model import CACHE_BLOCK
 from lcf_jax.typing import Array
 
 POLICIES = ("all", "attention", "query")
@@ -261,8 +260,7 @@ def place(message: KVMessage, cache: KVCache, *, model: str | None = None) -> KV
             f"({starts.tolist()} tokens per row), it holds {have.tolist()}: prefill the opening only, "
             f"place the message, then extend with the rest of the prompt"
         )
-    needed = int(starts.max()) + message.entries
-    cache = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
+    cache = cache.with_room(int(starts.max()) + message.entries)
     return _place(
         cache, message.k, message.v, message.valid, message.starts, message.context_lengths, layers=message.layers
     )

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lcf_jax.kv import write_layer_rows, write_rows
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.typing import Array, DType
 
@@ -83,20 +84,6 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
-
-
-def write_rows(cache: Array, new: Array, starts: Array) -> Array:
-    """Write `new` `[B, T, K, H]` into `cache` `[B, S, K, H]` at a per-row offset `starts` `[B]`."""
-    return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0)))(cache, new, starts)
-
-
-def write_layer_rows(cache: Array, layer: Array, new: Array, starts: Array) -> Array:
-    """`write_rows` into layer `layer` of a whole cache `[L, B, S, K, H]`, in place: only the new
-    entries are written (the layer scan carries the whole cache, so nothing else is copied)."""
-    b, t = new.shape[:2]
-    rows = jnp.arange(b)[:, None]
-    slots = starts[:, None] + jnp.arange(t)[None, :]  # [B, T]
-    return cache.at[layer, rows, slots].set(new.astype(cache.dtype), mode="drop")
 
 
 def attention_kernel(q: Array) -> str:

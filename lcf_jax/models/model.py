@@ -20,9 +20,6 @@ from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.transformer import Transformer
 from lcf_jax.typing import Array, DType
 
-# Cache growth is rounded up to this many tokens so a token-by-token caller recompiles rarely.
-CACHE_BLOCK = 64
-
 
 def resolve_dtype(dtype: DType | str) -> jnp.dtype:
     try:
@@ -133,7 +130,7 @@ class Model:
             cache.check_compatible(self.config, b)
             needed = int(jnp.max(cache.lengths)) + t
             if needed > cache.capacity:
-                cache = cache.with_capacity(-(-needed // CACHE_BLOCK) * CACHE_BLOCK)
+                cache = cache.with_room(needed)
         return forward(self.graphdef, self.params, tokens, cache, lengths, last_only=last_only)
 
     def _check_tokens(self, tokens) -> Array:

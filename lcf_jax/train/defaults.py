@@ -58,3 +58,39 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True))
     config.log_every = 10
     return config
+
+
+MODEL = "smollm2-135m"
+
+
+def demo_config() -> ml_collections.ConfigDict:
+    """`lcf demo`'s training recipe, sized for a 2-core CPU (the paper's recipe is in
+    lcf_jax/train/defaults.py; this one trains far less: see README for what that costs)."""
+    config = base_config()
+    config.sharer = config.receiver = MODEL
+    config.model_dtype = "float32"  # bf16 is slower on most CPUs
+    config.adapter.kind = "lcfx"
+    config.adapter.options = ml_collections.ConfigDict(dict(latent_width=64, dropout=0.0))
+    config.adapter.num_spans = 8  # 5 paragraphs per sharer
+    # The receiver-only control trains in the same steps (one receiver prefix pass serves both).
+    config.adapter.with_control = True
+    config.data.kind = "split_qa"
+    config.data.count = 960
+    config.data.variant = "single_hop"  # calibrated: see lcf_jax/data/split_qa.py
+    # Every batch then pads to (144, 80 or 96, 16) tokens (prefix, sharer, suffix): two compiled steps,
+    # and the suffix (last prompt token and a ~9-token answer), which runs forward and backward, is not
+    # padded to 32.
+    config.data.bucket = 16
+    config.data.max_length = 512
+    config.train.batch_size = 8
+    config.train.micro_batches = 1
+    config.train.steps = 120
+    config.train.learning_rate = 1e-3
+    config.train.warmup_fraction = 0.05
+    config.train.anneal_steps = 120
+    config.checkpoint.every = 50
+    config.log_every = 10
+    config.eval = ml_collections.ConfigDict(
+        dict(count=300, latency_questions=4, batch_size=32, seed=1, budgets=(50, 100, 150, 200))
+    )
+    return config

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 
 from lcf_jax.adapters import Adapter, AdapterSpec, make_spec
 from lcf_jax.adapters.io import save_adapter
+from lcf_jax.data.batch import Batch
 from lcf_jax.data.chat import load_chat_examples
 from lcf_jax.data.examples import Example
 from lcf_jax.data.pipeline import BatchIterator
@@ -31,7 +32,6 @@ from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.model import Model
 from lcf_jax.progress import Progress
 from lcf_jax.sharding import describe, logical_spec, make_mesh, tree_shardings
-from lcf_jax.train.batch import Batch
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import (
     StepConfig,

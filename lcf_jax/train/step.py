@@ -24,9 +24,9 @@ import optax
 from flax import nnx
 
 from lcf_jax.adapters import Adapter, gumbel_temperature
+from lcf_jax.data.batch import Batch
 from lcf_jax.kv import KVCache
 from lcf_jax.models.model import Model, forward
-from lcf_jax.train.batch import Batch
 from lcf_jax.typing import Array, PyTree
 
 

@@ -54,7 +54,9 @@ from lcf_jax.messages.translate import (
 )
 from lcf_jax.models.model import Model, forward
 from lcf_jax.progress import Progress
+from lcf_jax.sampling import pad_batch
 from lcf_jax.sharding import logical_spec, make_mesh
+from lcf_jax.sizes import round_up
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import TrainState, make_optimizer
 from lcf_jax.train.workdir import CHECKPOINTS_DIR
@@ -153,13 +155,11 @@ class TextBatches:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.texts))
         chosen = [self.texts[i] for i in order[self.position * self.batch_size :][: self.batch_size]]
         self.position += 1
-        width = -(-max(len(t) for t in chosen) // self.bucket) * self.bucket
+        # One width for the global batch: every host pads its rows alike.
+        width = round_up(max(len(t) for t in chosen), self.bucket)
         per_host = self.batch_size // self.process_count
         rows = chosen[self.process_index * per_host :][:per_host]
-        tokens = np.full((len(rows), width), self.pad_id, np.int32)
-        for row, text in zip(tokens, rows):
-            row[: len(text)] = text
-        return tokens, np.array([len(t) for t in rows], np.int32)
+        return pad_batch(rows, pad_id=self.pad_id, width=width)
 
     def get_state(self) -> dict[str, int]:
         return {"epoch": int(self.epoch), "position": int(self.position)}
