@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.adapters import Adapter, Message
+from lcf_jax.adapters.adapter import fuse_mask, masked
 from lcf_jax.adapters.lcfx import spans_from_lengths, window_spans
 from lcf_jax.kv import KVCache
 from lcf_jax.messages import kv as kv_messages
@@ -290,6 +291,16 @@ def rank_kv_layers(
     return kv_messages.layer_scores(share, prior_weight=prior_weight)
 
 
+def fuse_positions(prompt_masks: Sequence[Sequence[bool]], capacity: int) -> np.ndarray:
+    """`[B, capacity]` bool: which cache entries to fuse, from each prompt's per-token mask (e.g.
+    `lcf_jax.align`'s: where the two tokenizers agree). The last prompt token is not in the cache
+    (it starts the answer), so its flag is dropped."""
+    mask = np.zeros((len(prompt_masks), capacity), bool)
+    for row, m in zip(mask, prompt_masks):
+        row[: len(m) - 1] = np.asarray(m[:-1], bool)
+    return mask
+
+
 def combine(
     sources: Sequence[tuple[Adapter, Message | KVCache]], receiver_cache: KVCache, *, mode: str = "parallel"
 ) -> KVCache:
@@ -311,13 +322,11 @@ def combine(
         graphdef, params = nnx.split(adapter)
         kind = "message" if isinstance(source, Message) else "cache"
         dk, dv = _residuals(graphdef, params, kind, source, receiver_cache)
-        mask = receiver_cache.valid_mask()
-        if kind == "cache":
-            mask = mask & (jnp.arange(receiver_cache.capacity)[None] < source.lengths[:, None])
-        m = mask[None, :, :, None, None]
+        # Where each residual applies is the adapter's rule (`receive` / `fuse`), summed here.
+        mask = receiver_cache.valid_mask() if kind == "message" else fuse_mask(source, receiver_cache)
         idx = jnp.asarray(adapter.spec.layers)
-        total_k = total_k.at[idx].add(jnp.where(m, dk, 0.0))
-        total_v = total_v.at[idx].add(jnp.where(m, dv, 0.0))
+        total_k = total_k.at[idx].add(masked(dk, mask))
+        total_v = total_v.at[idx].add(masked(dv, mask))
     return receiver_cache.replace(
         k=(receiver_cache.k.astype(jnp.float32) + total_k).astype(receiver_cache.k.dtype),
         v=(receiver_cache.v.astype(jnp.float32) + total_v).astype(receiver_cache.v.dtype),
@@ -347,11 +356,7 @@ def answer_shared_context(
         raise ValueError("sharer_prompts must align one to one with prompts (same length per row)")
     receiver_cache = prefill(receiver, heads)
     sharer_cache = prefill(sharer, sharer_heads)
-    mask = None
-    if fuse_mask is not None:
-        mask = np.zeros((len(heads), receiver_cache.capacity), bool)
-        for row, m in zip(mask, fuse_mask):
-            row[: len(m) - 1] = np.asarray(m[:-1], bool)
+    mask = None if fuse_mask is None else fuse_positions(fuse_mask, receiver_cache.capacity)
     fused = fuse(adapter, sharer_cache, receiver_cache, mask)
     return generate(receiver, lasts, max_new_tokens, cache=fused, bucket=1, **generate_options)
 

@@ -147,13 +147,5 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    return NamedSharding(mesh, logical_spec(("batch",) + (None,) * (ndim - 1)))
-
-
-def cache_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
-    return NamedSharding(mesh, logical_spec(CACHE_AXES, shape, mesh))
-
-
 def describe(mesh: Mesh) -> str:
     return f"mesh {dict(mesh.shape)} over {mesh.devices.size} {mesh.devices.flat[0].platform} devices"

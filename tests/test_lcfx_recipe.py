@@ -112,7 +112,7 @@ def held_out_losses(workdir, config) -> dict[str, float]:
     batch = next(BatchIterator(sharer_only_task(64, vocab=receiver.config.vocab_size, seed=99), 64, bucket=8))
     out, summarize = {}, type(adapter).summarize
     changes = {"matched": lambda m: m, "mismatched": lambda m: jax.tree.map(lambda x: jnp.roll(x, 1, 1), m),
-               "empty": lambda m: m.zeros_like()}  # fmt: skip
+               "empty": lambda m: adapter.empty_message(m.batch_size)}  # fmt: skip
     for name, change in changes.items():
         type(adapter).summarize = lambda self, *a, change=change, **k: change(summarize(self, *a, **k))
         try:

@@ -24,7 +24,7 @@ from lcf_jax.config import ConfigError, load_config
 from lcf_jax.data.examples import make_batch
 from lcf_jax.data.synthetic import copy_task
 from lcf_jax.kv import KVCache
-from lcf_jax.sharding import batch_sharding, cache_sharding, logical_spec, make_mesh, tree_shardings
+from lcf_jax.sharding import CACHE_AXES, logical_spec, make_mesh, tree_shardings
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.loop import build_model, train
 from lcf_jax.train.step import StepConfig, init_state, make_optimizer, make_train_step
@@ -77,8 +77,8 @@ def test_partition_specs_of_parameters_optimizer_cache_and_batch():
     assert model["layers"]["mlp"]["down_proj"]["kernel"].spec == P(None, "tensor", "fsdp")
     assert model["embed_tokens"]["embedding"].spec == P("tensor", "fsdp")
     cache = KVCache.init(receiver.config, 4, 16)
-    assert cache_sharding(mesh, cache.k.shape).spec == P(None, ("data", "fsdp"), None, "tensor", None)
-    assert batch_sharding(mesh, 3).spec == P(("data", "fsdp"), None, None)
+    assert logical_spec(CACHE_AXES, cache.k.shape, mesh) == P(None, ("data", "fsdp"), None, "tensor", None)
+    assert logical_spec(("batch", None, None)) == P(("data", "fsdp"), None, None)
     # A dimension the mesh does not divide is replicated, and two axes may not share a mesh axis.
     assert logical_spec(("embed", "mlp"), (3, 4), mesh) == P(None, "tensor")
     with pytest.raises(ValueError, match="both map to mesh axis"):

@@ -95,6 +95,21 @@ def _frozen(pair: tuple[Array, Array]) -> tuple[Array, Array]:
     return jax.lax.stop_gradient(pair[0]), jax.lax.stop_gradient(pair[1])
 
 
+def fuse_mask(sharer: KVCache, receiver: KVCache) -> Array:
+    """`[B, S]` True where both caches hold a token: where a position-matched residual applies."""
+    return receiver.valid_mask() & (jnp.arange(receiver.capacity)[None] < sharer.lengths[:, None])
+
+
+def _per_entry(mask: Array) -> Array:
+    """A `[B, S]` mask broadcastable against residuals and caches `[N or L, B, S, K, H]`."""
+    return mask[None, :, :, None, None]
+
+
+def masked(residual: Array, mask: Array) -> Array:
+    """A residual `[N, B, S, K, H]` zeroed outside `mask` `[B, S]`."""
+    return jnp.where(_per_entry(mask), residual, 0.0)
+
+
 def _layer_keys(rng: Array | None, n: int) -> Array | None:
     """`[N]` keys (or `[N, B]` per-row keys), one per adapter layer, for the vmap over layers."""
     return None if rng is None else jnp.stack(split_keys(rng, n))
@@ -164,10 +179,10 @@ class Adapter(nnx.Module):
     def apply_residuals(self, receiver: KVCache, dk: Array, dv: Array, mask: Array | None = None) -> KVCache:
         """`R' = R + residual` on the adapter's layers, only where `mask` `[B, S]` (default: the
         receiver's valid entries) is True. Other layers and entries are untouched."""
-        mask = receiver.valid_mask() if mask is None else mask
-        m = mask[None, :, :, None, None]
+        m = _per_entry(receiver.valid_mask() if mask is None else mask)
 
         def add(cache, residual):
+            # Entries outside the mask are kept as they are, bit for bit (not x + 0).
             return jnp.where(m, (cache.astype(jnp.float32) + residual).astype(cache.dtype), cache)
 
         if self.spec.layers == tuple(range(receiver.num_layers)):  # every layer: no gather, no scatter
@@ -197,7 +212,7 @@ class Adapter(nnx.Module):
         """Rewrite the receiver's cache from the sharer's cache of the same prompt. Entries are
         fused where both caches hold a token (and `mask` `[B, S]`, if given, is True)."""
         dk, dv = self.fuse_residuals(sharer, receiver, rng=rng, temperature=temperature)
-        both = receiver.valid_mask() & (jnp.arange(receiver.capacity)[None] < sharer.lengths[:, None])
+        both = fuse_mask(sharer, receiver)
         return self.apply_residuals(receiver, dk, dv, both if mask is None else both & mask)
 
     # -- different contexts: a message (lcfx) ------------------------------------------------------

@@ -15,7 +15,7 @@ from lcf_jax.models import preset
 from lcf_jax.models.config import ModelConfig
 
 
-def _config(model) -> ModelConfig:
+def model_config(model) -> ModelConfig:
     """Accept a ModelConfig, a loaded Model, or a preset name."""
     if isinstance(model, ModelConfig):
         return model
@@ -73,7 +73,7 @@ def make_spec(
         raise ValueError(f"message_injection must be 'broadcast' or 'prefix', got {message_injection!r}")
     if message_injection == "broadcast" and message_slots != 1:
         raise ValueError("several message slots need message_injection='prefix' (broadcast mode sends one summary)")
-    sharer_config, receiver_config = _config(sharer), _config(receiver)
+    sharer_config, receiver_config = model_config(sharer), model_config(receiver)
     mapping = make_layer_map(layer_map, sharer_config.num_layers, receiver_config.num_layers)
     layers = tuple(range(receiver_config.num_layers)) if keep_layers is None else tuple(sorted(set(keep_layers)))
     bad = [t for t in layers if not 0 <= t < receiver_config.num_layers]

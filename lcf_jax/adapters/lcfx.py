@@ -47,10 +47,6 @@ class Message:
     def batch_size(self) -> int:
         return self.k.shape[1]
 
-    def zeros_like(self) -> Message:
-        """The empty message (a control: the receiver gets nothing)."""
-        return Message(jnp.zeros_like(self.k), jnp.zeros_like(self.v))
-
 
 def span_pool(q: Array, k: Array, v: Array, span_ids: Array, num_spans: int) -> tuple[Array, Array, Array]:
     """Attention pooling of each span. q `[B, K, H]`; k, v `[B, S, K, H]`; span_ids `[B, S]` int.

@@ -46,7 +46,7 @@ def read_conversations(path: str | os.PathLike) -> Iterator[list[dict[str, str]]
             yield messages[: last + 1]
 
 
-def _ids(encoded: Any) -> list[int]:
+def token_ids(encoded: Any) -> list[int]:
     if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
         encoded = encoded["input_ids"]
     return list(encoded)
@@ -54,8 +54,8 @@ def _ids(encoded: Any) -> list[int]:
 
 def tokenize_chat(messages: list[dict[str, str]], receiver_tokenizer: Any, sharer_tokenizer: Any = None) -> Example:
     """Prompt = the template up to the assistant's turn; response = what the full template adds."""
-    prompt = _ids(receiver_tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True))
-    full = _ids(receiver_tokenizer.apply_chat_template(messages, tokenize=True))
+    prompt = token_ids(receiver_tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True))
+    full = token_ids(receiver_tokenizer.apply_chat_template(messages, tokenize=True))
     if full[: len(prompt)] == prompt and len(full) > len(prompt):
         response = full[len(prompt) :]
     else:  # templates that rewrite earlier turns (e.g. dropping reasoning): encode the answer itself

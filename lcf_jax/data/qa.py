@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lcf_jax.data.chat import DataError, _ids
+from lcf_jax.data.chat import DataError, token_ids
 from lcf_jax.data.examples import Example
 
 FIELDS = ("id", "question", "sharer_context", "receiver_context", "answers")
@@ -116,7 +116,7 @@ def question_example(
 
     def chat(paragraphs=None) -> tuple[int, ...]:
         return tuple(
-            _ids(
+            token_ids(
                 receiver_tokenizer.apply_chat_template(
                     receiver_messages(q, paragraphs), add_generation_prompt=True, tokenize=True
                 )

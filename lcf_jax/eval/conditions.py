@@ -217,7 +217,8 @@ def _answer_batch(
             own, other = (send_conditioned(setup, [questions[i] for i in rows], half_cache) for rows in (index, others))
         else:
             own, other = (message_rows(messages, [message_row[i] for i in rows]) for rows in (index, others))
-        for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", own.zeros_like())):
+        empty = setup.adapter.empty_message(len(index))
+        for name, msg in (("lcfx", own), ("mismatched_message", other), ("empty_message", empty)):
             answers[name] = answers_from(setup, communicate.receive(setup.adapter, msg, half_cache), lasts)
     if setup.control is not None:
         zeros = setup.control.empty_message(len(index))

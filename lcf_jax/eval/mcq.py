@@ -85,9 +85,7 @@ def run_mcq(
                 else:
                     aligned, masks = align_batch(receiver.tokenizer, sharer.tokenizer, r_prompts)
                     s_cache = communicate.prefill(sharer, [a[:-1] for a in aligned])
-                    mask = np.zeros((len(chunk), r_cache.capacity), bool)
-                    for row, m in zip(mask, masks):
-                        row[: len(m) - 1] = np.asarray(m[:-1], bool)
+                    mask = communicate.fuse_positions(masks, r_cache.capacity)
                 for name, adapter in adapters.items():
                     fused = communicate.fuse(adapter, s_cache, r_cache, mask)
                     scores = _letter_logits(receiver, fused, [x[0] for x in lasts], letters)

@@ -46,7 +46,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-class _Runner:
+class Runner:
     """Forward calls of one transformers model on a growing left-padded batch."""
 
     def __init__(self, model: Any):
@@ -83,7 +83,7 @@ class _Runner:
         return self(ids, mask)[1], mask
 
 
-def _greedy(runner: _Runner, cache, mask, lasts: Sequence[int], max_new_tokens: int, stop) -> list[list[int]]:
+def greedy_continue(runner: Runner, cache, mask, lasts: Sequence[int], max_new_tokens: int, stop) -> list[list[int]]:
     """Greedy continuations of each row from its last prompt token, without the stop token that
     ended them (at most `max_new_tokens` tokens, the stop token included, as lcf_jax counts)."""
     out: list[list[int]] = [[] for _ in lasts]
@@ -152,7 +152,7 @@ def generate(
     if [len(p) for p in sharer_prompts] != [len(p) for p in prompts] and kind in ("lcf", "c2c"):
         raise ValueError("sharer_prompts must align one to one with prompts (same length per row)")
     stop = stop_token_ids(receiver, tokenizer) if stop_tokens is None else tuple(stop_tokens)
-    read, write = _Runner(sharer), _Runner(receiver)
+    read, write = Runner(sharer), Runner(receiver)
     answers = []
     for start in range(0, len(prompts), batch_size):
         rows = range(start, min(start + batch_size, len(prompts)))
@@ -176,5 +176,5 @@ def generate(
                 receiver_attention_mask=mask if conditioned else None,
             )
             cache = receive(adapter, message, cache, attention_mask=mask)
-        answers += _greedy(write, cache, mask, [prompts[i][-1] for i in rows], max_new_tokens, stop)
+        answers += greedy_continue(write, cache, mask, [prompts[i][-1] for i in rows], max_new_tokens, stop)
     return answers

@@ -21,11 +21,22 @@ import copy
 import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from lcf_jax.torch.generate import _greedy, _Runner, left_pad, stop_token_ids
+from lcf_jax.adapter_format import (
+    RESAVE_TRANSLATOR,
+    TRANSLATOR_CONFIG,
+    TRANSLATOR_WEIGHTS,
+    check_translator_arrays,
+    check_translator_config,
+    read_json,
+)
+from lcf_jax.torch.adapter import AdapterFormatError
+from lcf_jax.torch.generate import Runner, greedy_continue, left_pad, stop_token_ids
+from lcf_jax.torch.load import dtype_names, read_tensors
 
 POLICIES = ("all", "attention", "query")
 
@@ -99,7 +110,7 @@ def send_kv(
         raise ValueError("policy 'all' and only it sends every entry (entries=None)")
     if policy == "query" and (questions is None or len(questions) != len(contexts)):
         raise ValueError("policy 'query' ranks entries by the question's attention: pass questions= (tokens per row)")
-    runner = _Runner(sharer)
+    runner = Runner(sharer)
     rows = []
     for b, spans in enumerate(contexts):
         spans = [list(s) for s in spans if len(s)]
@@ -136,7 +147,7 @@ class _Read:
     attentions: tuple[torch.Tensor, ...] | None
 
 
-def _forward(model: Any, runner: _Runner, ids: Sequence[int], *, attentions: bool) -> _Read:
+def _forward(model: Any, runner: Runner, ids: Sequence[int], *, attentions: bool) -> _Read:
     """One unpadded row through the model, with the attention probabilities when asked (eager
     attention for that call: the fused kernels do not return them)."""
     before = getattr(model.config, "_attn_implementation", None)
@@ -205,7 +216,7 @@ def generate_kv(
     message = send_kv(sharer or model, opening, contexts, **send_options)
     if translator is not None:
         message = translate_kv(translator, message, sharer, model)
-    runner = _Runner(model)
+    runner = Runner(model)
     cache, mask = runner.prefill([list(opening)] * len(contexts))
     cache, mask, runner.offset = receive_kv(message, cache, mask)
     ids, rest_mask = left_pad([r[:-1] for r in rests], runner.pad)
@@ -214,7 +225,7 @@ def generate_kv(
         mask = torch.cat([mask, rest_mask], dim=1)
         _, cache = runner(ids, mask, cache)
     stop = stop_token_ids(model, tokenizer) if stop_tokens is None else tuple(stop_tokens)
-    return _greedy(runner, cache, mask, [r[-1] for r in rests], max_new_tokens, stop), message
+    return greedy_continue(runner, cache, mask, [r[-1] for r in rests], max_new_tokens, stop), message
 
 
 @dataclasses.dataclass
@@ -245,25 +256,21 @@ class KVTranslator:
 
 
 def load_kv_translator(directory) -> KVTranslator:
-    """Read `kv_translator.json` and `kv_translator.safetensors` (no pickle, no JAX)."""
-    import json  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    from safetensors.torch import load_file  # noqa: PLC0415
-
+    """Read `kv_translator.json` and `kv_translator.safetensors` (no pickle, no JAX), checked as
+    lcf_jax's `load_translator` checks them: a missing file is a FileNotFoundError, anything wrong
+    in them one AdapterFormatError line naming the file."""
     directory = Path(directory)
-    for name in ("kv_translator.json", "kv_translator.safetensors"):
+    for name in (TRANSLATOR_CONFIG, TRANSLATOR_WEIGHTS):
         if not (directory / name).exists():
             raise FileNotFoundError(
                 f"{directory} holds no {name}: write one with lcf_jax.messages.translate.save_translator"
             )
-    config = json.loads((directory / "kv_translator.json").read_text())
-    try:
-        arrays = load_file(str(directory / "kv_translator.safetensors"))
-    except Exception as e:  # safetensors raises its own error types for a cut or foreign file
-        raise ValueError(
-            f"{directory / 'kv_translator.safetensors'} is not a readable safetensors file ({type(e).__name__}: {e})"
-        ) from None
+    path, weights = directory / TRANSLATOR_CONFIG, directory / TRANSLATOR_WEIGHTS
+    config = read_json(path, AdapterFormatError, RESAVE_TRANSLATOR)
+    check_translator_config(config, path, AdapterFormatError)
+    arrays = read_tensors(weights, RESAVE_TRANSLATOR)
+    shapes = {name: tuple(t.shape) for name, t in arrays.items()}
+    check_translator_arrays(config, weights, shapes, dtype_names(arrays), AdapterFormatError)
     receiver = config["receiver"]
     return KVTranslator(tuple(config["source_layers"]), arrays, receiver["num_kv_heads"], receiver["head_dim"])
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -327,7 +326,3 @@ def init_state(adapter_state: PyTree, optimizer: optax.GradientTransformation, *
     copy = jax.tree.map(jnp.copy, adapter_state)  # its own buffers: the step donates the state
     extra = {"params": copy, "opt_state": optimizer.init(copy)} if control else None
     return TrainState(jnp.int32(0), adapter_state, optimizer.init(adapter_state), extra)
-
-
-def frozen_params(sharer: Model, receiver: Model) -> tuple[Any, Any]:
-    return sharer.params, receiver.params
