@@ -92,7 +92,7 @@ def test_a_saved_translator_loads_identically_and_bad_files_are_named(pair, fitt
     from safetensors.numpy import save_file
 
     save_file({"key_map": np.zeros((1, 2), np.float32)}, tmp_path / "t" / "kv_translator.safetensors")
-    with pytest.raises(ValueError, match="key_map has shape"):
+    with pytest.raises(ValueError, match="'key_map' has shape"):
         load_translator(tmp_path / "t")
     (tmp_path / "t" / "kv_translator.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors file"):

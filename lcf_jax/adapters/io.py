@@ -2,8 +2,11 @@
 `adapter_config.json` (kind, widths, layer map, kept layers, hard gate values, both model
 architectures, dtype, lcf_jax version). The same files are what `lcf export` writes for PyTorch.
 
-Loading checks the file against the architecture the config describes and names any missing,
-unexpected or misshapen tensor.
+Loading checks everything before any tensor is used, with the checks lcf_jax.torch runs too
+(`lcf_jax.adapter_format`): the config's fields and their JSON types, the architecture it describes
+against the file's tensors (any missing, unexpected or misshapen tensor is named), and what the
+config says of the tensors (dtype, num_params, hard gates). Any problem is one CheckpointError line
+naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +25,19 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, tensor_problems
+from lcf_jax.adapter_format import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    REEXPORT,
+    WEIGHTS_FILE,
+    adapter_problems,
+    check_config,
+    check_weights,
+    gate_tensors,
+    read_json,
+    refuse,
+    tensor_problems,
+)
 from lcf_jax.adapters.adapter import Adapter, AdapterSpec
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.loading.safetensors import SafetensorsReader
@@ -38,13 +53,19 @@ def _model_config_to_json(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def _model_config_from_json(data: dict[str, Any]) -> ModelConfig:
+def _model_config_from_json(data: dict[str, Any], where: str | os.PathLike, role: str) -> ModelConfig:
+    """The `role` ("sharer", "receiver") architecture of a config whose JSON types were checked
+    (`adapter_format.model_problems`); what ModelConfig refuses (an unknown family or RoPE type) is
+    a CheckpointError naming the file `where`."""
     data = dict(data)
-    if data.get("rope_scaling"):
-        data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
-    if isinstance(data.get("eos_token_id"), list):
-        data["eos_token_id"] = tuple(data["eos_token_id"])
-    return ModelConfig(**data)
+    try:
+        if data.get("rope_scaling"):
+            data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
+        if isinstance(data.get("eos_token_id"), list):
+            data["eos_token_id"] = tuple(data["eos_token_id"])
+        return ModelConfig(**data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the {role} model is not one lcf_jax runs ({e})") from None
 
 
 def spec_to_json(spec: AdapterSpec) -> dict[str, Any]:
@@ -55,14 +76,12 @@ def spec_to_json(spec: AdapterSpec) -> dict[str, Any]:
     return out
 
 
-def spec_from_json(data: dict[str, Any]) -> AdapterSpec:
-    known = {f.name for f in dataclasses.fields(AdapterSpec)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CheckpointError(f"{CONFIG_FILE} has unknown adapter fields {unknown}; known: {sorted(known)}")
+def spec_from_json(data: Any, where: str | os.PathLike = CONFIG_FILE) -> AdapterSpec:
+    """The AdapterSpec of a config's `adapter` section; `where` names the file in errors."""
+    refuse(adapter_problems(data), where, CheckpointError, REEXPORT)
     data = dict(data)
-    data["sharer"] = _model_config_from_json(data["sharer"])
-    data["receiver"] = _model_config_from_json(data["receiver"])
+    data["sharer"] = _model_config_from_json(data["sharer"], where, "sharer")
+    data["receiver"] = _model_config_from_json(data["receiver"], where, "receiver")
     data["layers"], data["source_layers"] = tuple(data["layers"]), tuple(data["source_layers"])
     return AdapterSpec(**data)
 
@@ -100,11 +119,9 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: not a saved lcf_jax adapter")
-    try:
-        config = json.loads(path.read_text())
-        config["spec"] = spec_from_json(config["adapter"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a valid adapter config ({type(e).__name__}: {e})") from None
+    config = read_json(path, CheckpointError, REEXPORT)
+    check_config(config, path, CheckpointError)
+    config["spec"] = spec_from_json(config["adapter"], path)
     return config
 
 
@@ -119,21 +136,33 @@ def load_adapter(directory: str | os.PathLike, *, expect_kind: str | None = None
     if not weights.exists():
         raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
     reader = SafetensorsReader([weights])
-    return adapter_from_tensors(spec, reader.shapes(), reader.read, f"adapter {directory}")
+    adapter = adapter_from_tensors(spec, reader.shapes(), reader.read, str(weights), against=CONFIG_FILE)
+    sizes = {name: int(np.prod(shape)) for name, shape in reader.shapes().items()}
+    gates = [np.asarray(reader.read(name), np.float32).tolist() for name in gate_tensors(spec.kind)]
+    check_weights(config, weights, reader.dtypes(), sizes, gates, CheckpointError)
+    return adapter
 
 
 def adapter_from_tensors(
-    spec: AdapterSpec, shapes: Mapping[str, tuple[int, ...]], read: Callable[[str], Any], source: str
+    spec: AdapterSpec,
+    shapes: Mapping[str, tuple[int, ...]],
+    read: Callable[[str], Any],
+    source: str,
+    *,
+    against: str = "its config",
 ) -> Adapter:
     """An adapter of `spec` filled with the named tensors `read(name)` (names as `flat_params` gives
     them; parameters come back as float32), after checking `shapes` against the architecture `spec`
-    describes. `source` says where the tensors came from in errors."""
-    abstract = nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0)))
+    describes. `source` says where the tensors came from in errors, `against` where `spec` did."""
+    try:
+        abstract = nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0)))
+    except (TypeError, ValueError) as e:  # e.g. an odd latent_width: the config is at fault, not the code
+        raise CheckpointError(f"{source}: {against} describes no {spec.kind} adapter lcf_jax can build ({e})") from None
     expected = {name: tuple(x.shape) for name, x in flat_params(abstract).items()}
     found = {name: tuple(shape) for name, shape in shapes.items()}
     problems = tensor_problems(expected, found, f" for this {spec.kind} adapter")
     if problems:
-        raise CheckpointError(f"{source} does not match its config: {'; '.join(problems[:8])}")
+        raise CheckpointError(f"{source} does not match {against}: {'; '.join(problems[:8])}")
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     filled = nnx.from_flat_state(

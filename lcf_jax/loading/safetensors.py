@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import mmap
 import os
 import struct
@@ -20,6 +21,7 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
+from lcf_jax.adapter_format import is_int
 from lcf_jax.loading.keymap import CheckpointError, flat_to_hf, hf_to_flat
 from lcf_jax.models.config import ModelConfig, from_hf_config, to_hf_config
 
@@ -57,36 +59,76 @@ class SafetensorsReader:
                 if header_len > size - 8:
                     raise ValueError("header length exceeds the file")
                 header = json.loads(f.read(header_len))
-            except (struct.error, ValueError, UnicodeDecodeError) as e:
+            except (struct.error, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
                 raise CheckpointError(
                     f"{file} is not a valid safetensors file (truncated or corrupt header: {e})"
                 ) from None
+            entries = _header_entries(file, header, size - 8 - header_len)
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         self._maps.append(mapped)
-        base = 8 + header_len
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = _DTYPES.get(info.get("dtype"))
-            if dtype is None:
-                raise CheckpointError(f"{file}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-            start, end = info["data_offsets"]
-            shape = tuple(info["shape"])
-            if base + end > size or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-                raise CheckpointError(
-                    f"{file}: tensor {name!r} lies outside the file or has the wrong byte size (truncated?)"
-                )
+        for name, (start, dtype, shape) in entries.items():
             if name in self._entries:
                 raise CheckpointError(f"tensor {name!r} appears in both {self._entries[name][4]} and {file}")
-            self._entries[name] = (mapped, base + start, dtype, shape, file)
+            self._entries[name] = (mapped, 8 + header_len + start, dtype, shape, file)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: entry[3] for name, entry in self._entries.items()}
+
+    def dtypes(self) -> dict[str, str]:
+        """Each tensor's dtype name ("float32", "bfloat16", ...)."""
+        return {name: np.dtype(entry[2]).name for name, entry in self._entries.items()}
 
     def read(self, name: str) -> np.ndarray:
         mapped, offset, dtype, shape, _ = self._entries[name]
         count = int(np.prod(shape))
         return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def _corrupt(file: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{file} is not a valid safetensors file ({problem}): it is damaged; write it again")
+
+
+def _header_entries(file: Path, header: Any, data_size: int) -> dict[str, tuple[int, Any, tuple[int, ...]]]:
+    """Each tensor's (start in the data, dtype, shape) from a parsed header, checked as the
+    safetensors format promises: every entry names a known dtype, a shape and the byte range that
+    shape fills, and the ranges tile the data exactly. The last check catches a header length a few
+    bytes short: the header is padded with spaces, so it would still parse and shift every tensor."""
+    if not isinstance(header, dict):
+        raise _corrupt(file, f"its header is a JSON {type(header).__name__}, not an object")
+    if not isinstance(header.get("__metadata__", {}), dict):
+        raise _corrupt(file, "its __metadata__ is not a JSON object")
+    entries, spans = {}, []
+    for name, info in header.items():
+        if name != "__metadata__":
+            start, end, dtype, shape = _header_entry(file, name, info)
+            entries[name] = (start, dtype, shape)
+            spans.append((start, end, name))
+    position = 0
+    for start, end, name in sorted(spans):
+        if start != position:
+            raise _corrupt(file, f"tensor {name!r} starts at data byte {start}, expected {position}")
+        position = end
+    if position != data_size:
+        raise _corrupt(file, f"its tensors fill {position} bytes, the file holds {data_size} (truncated?)")
+    return entries
+
+
+def _header_entry(file: Path, name: str, info: Any) -> tuple[int, int, Any, tuple[int, ...]]:
+    """(start, end, dtype, shape) of one tensor's header entry."""
+    if not isinstance(info, dict):
+        raise _corrupt(file, f"the entry of tensor {name!r} is not a JSON object")
+    dtype = info.get("dtype")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f"{file}: tensor {name!r} has unsupported dtype {dtype!r}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(is_int(n) and n >= 0 for n in shape):
+        raise _corrupt(file, f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets))):
+        raise _corrupt(file, f"tensor {name!r} has data_offsets {offsets!r}, not two byte offsets")
+    start, end = offsets
+    if not 0 <= start <= end or end - start != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
+        raise _corrupt(file, f"tensor {name!r} of shape {shape} {dtype} lies at bytes {offsets}: the wrong size")
+    return start, end, _DTYPES[dtype], tuple(shape)
 
 
 def checkpoint_files(directory: Path) -> list[Path]:

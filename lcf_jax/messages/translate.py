@@ -28,7 +28,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lcf_jax.adapter_format import (
+    RESAVE_TRANSLATOR,
+    TRANSLATOR_CONFIG,
+    TRANSLATOR_WEIGHTS,
+    check_translator_arrays,
+    check_translator_config,
+    read_json,
+    translator_shapes,
+)
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
+from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.messages.kv import KVMessage, model_signature
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.layers import apply_rope, rope_inv_freq
@@ -79,21 +89,7 @@ def map_entries(arrays, keys, values):
 
 def array_shapes(sharer: ModelConfig, receiver: ModelConfig, width: int = 0) -> dict[str, tuple[int, ...]]:
     """Every array of a translator between the two models; `width` 0: linear, d > 0: with a trunk of width d."""
-    lr, ins = receiver.num_layers, sharer.num_kv_heads * sharer.head_dim
-    outs = receiver.num_kv_heads * receiver.head_dim
-    shapes = {"key_map": (lr, ins, outs), "key_bias": (lr, outs)}
-    shapes |= {"value_map": (lr, ins, outs), "value_bias": (lr, outs)}
-    if width:
-        if width % 2:
-            raise ValueError(f"the trunk's width must be even (it splits into K and V halves), got {width}")
-        d, half = width, width // 2
-        shapes |= {
-            "down": (lr, 2 * ins, d), "down_bias": (lr, d),
-            "ffn0_in": (lr, d, 4 * d), "ffn0_in_bias": (lr, 4 * d), "ffn0_out": (lr, 4 * d, d),
-            "ffn1_in": (lr, d, 4 * d), "ffn1_in_bias": (lr, 4 * d), "ffn1_out": (lr, 4 * d, d),
-            "k_up": (lr, half, outs), "k_up_bias": (lr, outs), "v_up": (lr, half, outs), "v_up_bias": (lr, outs),
-        }  # fmt: skip
-    return shapes
+    return translator_shapes(sharer.kv_width, receiver.num_layers, receiver.kv_width, width)
 
 
 def init_trunk(sharer: ModelConfig, receiver: ModelConfig, width: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -230,10 +226,6 @@ def relative_mse(translator: KVTranslator, sharer, receiver, texts: Sequence[Seq
     return out
 
 
-TRANSLATOR_CONFIG = "kv_translator.json"
-TRANSLATOR_WEIGHTS = "kv_translator.safetensors"
-
-
 def save_translator(translator: KVTranslator, directory) -> Path:
     """`directory/kv_translator.safetensors` (the maps) and `kv_translator.json` (the two models'
     architectures and the layer map): no pickle."""
@@ -258,7 +250,9 @@ def save_translator(translator: KVTranslator, directory) -> Path:
 
 
 def load_translator(directory) -> KVTranslator:
-    """A translator `save_translator` wrote; a missing file or misshapen map is one clear error."""
+    """A translator `save_translator` wrote. A missing file is a FileNotFoundError; anything wrong
+    in the files (checked as lcf_jax.torch.load_kv_translator checks them) one CheckpointError line
+    naming the file."""
     from safetensors.numpy import load_file  # noqa: PLC0415
 
     from lcf_jax.adapters.io import _model_config_from_json  # noqa: PLC0415
@@ -267,21 +261,18 @@ def load_translator(directory) -> KVTranslator:
     for name in (TRANSLATOR_CONFIG, TRANSLATOR_WEIGHTS):
         if not (directory / name).exists():
             raise FileNotFoundError(f"{directory} holds no {name}: save a translator there with save_translator")
-    config = json.loads((directory / TRANSLATOR_CONFIG).read_text())
-    if config.get("kind") != "kv_translator":
-        raise ValueError(
-            f"{directory / TRANSLATOR_CONFIG} is not a KV translator's config (kind {config.get('kind')!r})"
-        )
-    sharer, receiver = _model_config_from_json(config["sharer"]), _model_config_from_json(config["receiver"])
+    path, weights = directory / TRANSLATOR_CONFIG, directory / TRANSLATOR_WEIGHTS
+    config = read_json(path, CheckpointError, RESAVE_TRANSLATOR)
+    check_translator_config(config, path, CheckpointError)
+    sharer = _model_config_from_json(config["sharer"], path, "sharer")
+    receiver = _model_config_from_json(config["receiver"], path, "receiver")
     try:
-        arrays = load_file(str(directory / TRANSLATOR_WEIGHTS))
+        arrays = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for a cut or foreign file
-        raise ValueError(
-            f"{directory / TRANSLATOR_WEIGHTS} is not a readable safetensors file ({type(e).__name__}: {e})"
+        raise CheckpointError(
+            f"{weights} is not a readable safetensors file ({type(e).__name__}: {e}): {RESAVE_TRANSLATOR}"
         ) from None
-    want = array_shapes(sharer, receiver, int(config.get("width", 0)))
-    for name, shape in want.items():
-        got = tuple(arrays[name].shape) if name in arrays else None
-        if got != shape:
-            raise ValueError(f"{directory / TRANSLATOR_WEIGHTS}: {name} has shape {got}, expected {shape}")
+    shapes, dtypes = {n: a.shape for n, a in arrays.items()}, {n: a.dtype.name for n, a in arrays.items()}
+    check_translator_arrays(config, weights, shapes, dtypes, CheckpointError)
+    want = array_shapes(sharer, receiver, config.get("width", 0))
     return KVTranslator(sharer, receiver, tuple(config["source_layers"]), {n: arrays[n] for n in want})

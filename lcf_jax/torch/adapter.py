@@ -7,16 +7,13 @@ and the module that computes residuals and messages from stacked cache tensors `
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from lcf_jax.adapter_format import CONFIG_FILE, KINDS
-from lcf_jax.torch.modules import ACTIVATIONS, C2CProjector, LCFProjector, SpanPool
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
+from lcf_jax.adapter_format import CONFIG_FILE, REEXPORT, adapter_problems, refuse
+from lcf_jax.torch.modules import C2CProjector, LCFProjector, SpanPool
 
 
 class AdapterFormatError(ValueError):
@@ -74,70 +71,30 @@ class AdapterConfig:
     message_norm: str = "none"  # lcfx: "standardize" adds the pool's shift and scale
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], where: str = CONFIG_FILE) -> AdapterConfig:
-        def field(name: str):
-            if name not in data:
-                raise AdapterFormatError(f"{where} has no adapter field {name!r}: re-export it with `lcf export`")
-            return data[name]
+    def from_json(cls, data: Any, where: str = CONFIG_FILE) -> AdapterConfig:
+        """The `adapter` section `data` of a config, checked as lcf_jax checks it
+        (`adapter_format.adapter_problems`); `where` names the file in errors."""
+        refuse(adapter_problems(data), where, AdapterFormatError, REEXPORT)
 
         def shape(role: str) -> ModelShape:
-            model = field(role)
-            try:
-                return ModelShape(int(model["num_layers"]), int(model["num_kv_heads"]), int(model["head_dim"]))
-            except (KeyError, TypeError, ValueError) as e:
-                raise AdapterFormatError(f"{where}: the {role} architecture is incomplete ({e!r})") from None
+            return ModelShape(data[role]["num_layers"], data[role]["num_kv_heads"], data[role]["head_dim"])
 
-        kind = field("kind")
-        if kind not in KINDS:
-            raise AdapterFormatError(f"{where}: unknown adapter kind {kind!r}; lcf_jax.torch runs {', '.join(KINDS)}")
-        try:
-            config = cls(
-                kind=kind,
-                sharer=shape("sharer"),
-                receiver=shape("receiver"),
-                layers=tuple(int(t) for t in field("layers")),
-                source_layers=tuple(int(t) for t in field("source_layers")),
-                latent_width=int(field("latent_width")),
-                hidden_width=int(field("hidden_width")),
-                activation=field("activation"),
-                message_slots=int(data.get("message_slots", 1)),
-                message_injection=data.get("message_injection", "broadcast"),
-                receiver_conditioned=bool(data.get("receiver_conditioned", False)),
-                compute_dtype=data.get("compute_dtype", "float32"),
-                gate_inference=data.get("gate_inference", "hard"),
-                message_norm=data.get("message_norm", "none"),
-            )
-        except AdapterFormatError:
-            raise
-        except (TypeError, ValueError) as e:  # e.g. "layers": 3, or "latent_width": "wide"
-            raise AdapterFormatError(f"{where}: a malformed adapter field ({e}); re-export with `lcf export`") from None
-        config._check(where)
-        return config
-
-    def _check(self, where: str) -> None:
-        problems = []
-        if not self.layers or list(self.layers) != sorted(set(self.layers)):
-            problems.append(f"layers {list(self.layers)} are not ascending and unique")
-        if any(not 0 <= t < self.receiver.num_layers for t in self.layers):
-            problems.append(f"layers {list(self.layers)} are not all receiver layers 0..{self.receiver.num_layers - 1}")
-        if len(self.source_layers) != len(self.layers):
-            problems.append(f"{len(self.source_layers)} source_layers for {len(self.layers)} layers")
-        if any(not 0 <= t < self.sharer.num_layers for t in self.source_layers):
-            problems.append(
-                f"source_layers {list(self.source_layers)} are not all sharer layers 0..{self.sharer.num_layers - 1}"
-            )
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"unknown activation {self.activation!r} (known: {sorted(ACTIVATIONS)})")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            problems.append(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
-        if self.gate_inference not in ("hard", "soft"):
-            problems.append(f"unknown gate_inference {self.gate_inference!r}")
-        if self.message_norm not in ("none", "standardize"):
-            problems.append(f"unknown message_norm {self.message_norm!r}")
-        if self.message_injection not in ("broadcast", "prefix"):
-            problems.append(f"unknown message_injection {self.message_injection!r}")
-        if problems:
-            raise AdapterFormatError(f"{where} is not a valid adapter config: {'; '.join(problems)}")
+        return cls(
+            kind=data["kind"],
+            sharer=shape("sharer"),
+            receiver=shape("receiver"),
+            layers=tuple(data["layers"]),
+            source_layers=tuple(data["source_layers"]),
+            latent_width=data["latent_width"],
+            hidden_width=data["hidden_width"],
+            activation=data["activation"],
+            message_slots=data.get("message_slots", 1),
+            message_injection=data.get("message_injection", "broadcast"),
+            receiver_conditioned=data.get("receiver_conditioned", False),
+            compute_dtype=data.get("compute_dtype", "float32"),
+            gate_inference=data.get("gate_inference", "hard"),
+            message_norm=data.get("message_norm", "none"),
+        )
 
     def describe(self) -> str:
         return (

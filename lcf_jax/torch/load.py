@@ -1,14 +1,15 @@
 """`load_adapter`: read an `lcf export` directory (`adapter.safetensors` + `adapter_config.json`) into
 a PyTorch `Adapter`, checking everything before any tensor is used.
 
-Weights are read with `safetensors.torch` (never pickle). Every problem is named: a missing or
-corrupt file, an unknown kind, a missing, unexpected or misshapen tensor, or (given the models) an
-adapter built for another model pair.
+Weights are read with `safetensors.torch` (never pickle). Every problem is named, in one line with
+the file: a missing or corrupt file, a config field of the wrong type or an unknown value (checked
+as lcf_jax checks it, `lcf_jax.adapter_format`), a missing, unexpected or misshapen tensor, tensors
+that disagree with the config (dtype, num_params, hard gates), or (given the models) an adapter
+built for another model pair.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,16 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lcf_jax.adapter_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, tensor_problems
+from lcf_jax.adapter_format import (
+    CONFIG_FILE,
+    REEXPORT,
+    WEIGHTS_FILE,
+    check_config,
+    check_weights,
+    gate_tensors,
+    read_json,
+    tensor_problems,
+)
 from lcf_jax.torch.adapter import Adapter, AdapterConfig, AdapterFormatError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -33,28 +43,25 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{directory} has no {CONFIG_FILE}: not an lcf_jax adapter export (make one with `lcf export`)"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFormatError(f"{path} is not valid JSON ({e}): re-export the adapter with `lcf export`") from None
-    if not isinstance(data, dict) or not isinstance(data.get("adapter"), dict):
-        raise AdapterFormatError(f"{path} has no 'adapter' section: re-export the adapter with `lcf export`")
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise AdapterFormatError(
-            f"{path} has format_version {version!r}; this lcf_jax.torch reads versions up to {FORMAT_VERSION}: "
-            "upgrade lcf_jax"
-        )
+    data = read_json(path, AdapterFormatError, REEXPORT)
+    check_config(data, path, AdapterFormatError)
     data["config"] = AdapterConfig.from_json(data["adapter"], where=str(path))
     return data
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, remedy: str = REEXPORT) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file `path`; one AdapterFormatError naming it when it is
+    not one (the safetensors library checks the header and the byte ranges)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no iterator
     except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterFormatError(f"{path} is not a readable safetensors file ({e}): re-export the adapter") from None
+        raise AdapterFormatError(f"{path} is not a readable safetensors file ({e}): {remedy}") from None
+
+
+def dtype_names(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each tensor's dtype as lcf_jax names it ("float32", "bfloat16", ...)."""
+    return {name: str(t.dtype).removeprefix("torch.") for name, t in tensors.items()}
 
 
 def load_adapter(
@@ -73,7 +80,8 @@ def load_adapter(
     expect_kind: "lcf", "lcfx" or "c2c" to refuse any other kind. sharer, receiver: transformers
     models (or configs) to check the adapter against (layers, kv heads, head dim)."""
     directory = Path(directory)
-    config: AdapterConfig = read_config(directory)["config"]
+    data = read_config(directory)
+    config: AdapterConfig = data["config"]
     if expect_kind is not None and config.kind != expect_kind:
         raise AdapterFormatError(f"{directory} holds a {config.kind!r} adapter, expected {expect_kind!r}")
     if isinstance(dtype, str):
@@ -83,14 +91,17 @@ def load_adapter(
     weights = directory / WEIGHTS_FILE
     if not weights.exists():
         raise AdapterFormatError(f"{directory} has no {WEIGHTS_FILE}: the export is incomplete, run `lcf export` again")
-    tensors = _read_tensors(weights)
+    tensors = read_tensors(weights)
     with torch.device("meta"):  # the architecture the config describes, without memory
         adapter = Adapter(config)
     expected = {name: tuple(p.shape) for name, p in adapter.named_parameters()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     problems = tensor_problems(expected, found, f" for this {config.kind} adapter")
     if problems:
-        raise AdapterFormatError(f"adapter {directory} does not match its config: {'; '.join(problems[:8])}")
+        raise AdapterFormatError(f"{weights} does not match {CONFIG_FILE}: {'; '.join(problems[:8])}")
+    sizes = {name: t.numel() for name, t in tensors.items()}
+    gates = [tensors[name].float().tolist() for name in gate_tensors(config.kind)]
+    check_weights(data, weights, dtype_names(tensors), sizes, gates, AdapterFormatError)
     dtype = dtype or torch.float32
     adapter.load_state_dict({n: t.to(device=device, dtype=dtype) for n, t in tensors.items()}, assign=True)
     for p in adapter.parameters():
