@@ -782,13 +782,11 @@ def _jax_model(run: Run, name: str) -> tuple[list[dict], dict]:
     t = sz.prefill_tokens
     tokens = jnp.asarray(rng.randint(0, c.vocab_size, (1, t)), jnp.int32)
     prefill_cache = kv.KVCache.init(c, 1, t, model.dtype)
-    graphdef = model.graphdef
-    prefill = jax.jit(lambda params, tokens, cache: forward(graphdef, params, tokens, cache, last_only=True))
     start = time.perf_counter()
-    compiled = prefill.lower(model.params, tokens, prefill_cache).compile()
+    compiled = prefill_of(model).lower(model.params, tokens, prefill_cache).compile()
     prefill_compile_s = time.perf_counter() - start
     t_prefill = timed(lambda: compiled(model.params, tokens, prefill_cache), repeats=sz.repeats)
-    kernels = prefill_kernels(run, lambda: compiled(model.params, tokens, prefill_cache)[0], prefill, model, tokens, t)
+    kernels = prefill_kernels(run, lambda: compiled(model.params, tokens, prefill_cache)[0], model, tokens, t)
     flops = forward_flops(c, t, lm_rows=1)
     achieved = flops["total"] / t_prefill["median_s"]
     xla_flops = cost_flops(compiled)
@@ -851,29 +849,24 @@ def _jax_model(run: Run, name: str) -> tuple[list[dict], dict]:
     return rows, details
 
 
-def prefill_kernels(run: Run, default_logits, prefill, model, tokens, t: int) -> dict[str, Any]:
-    """The prefill again with the other attention kernel (LCF_ATTENTION, lcf_jax/models/layers.py):
-    which one "auto" chose, its speed over the einsum kernel's, and how far their logits differ."""
-    import os  # noqa: PLC0415
+def prefill_of(model):
+    """The model's jitted prefill (its graphdef, and so its attention kernel, baked in)."""
+    graphdef, forward = model.graphdef, lcf("models.model").forward
+    return jax.jit(lambda params, tokens, cache: forward(graphdef, params, tokens, cache, last_only=True))
 
-    layers = lcf("models.layers")
-    chosen = layers.attention_kernel(jnp.zeros((1, 2, 1, 1), model.dtype))
+
+def prefill_kernels(run: Run, default_logits, model, tokens, t: int) -> dict[str, Any]:
+    """The prefill again with the other attention kernel (`Model.with_attention`,
+    lcf_jax/models/layers.py): which one "auto" chose, its speed over the einsum kernel's, and how
+    far their logits differ."""
+    chosen = lcf("models.layers").attention_kernel(jnp.zeros((1, 2, 1, 1), model.dtype), model.attention)
     other = "einsum" if chosen == "fused" else "fused"
     reference = np.asarray(block(default_logits()), np.float32)
-    before = os.environ.get(layers.ATTENTION_ENV)
-    os.environ[layers.ATTENTION_ENV] = other
-    jax.clear_caches()
-    try:
-        cache = lcf("kv").KVCache.init(model.config, 1, t, model.dtype)
-        compiled = prefill.lower(model.params, tokens, cache).compile()
-        timing = timed(lambda: compiled(model.params, tokens, cache), repeats=run.sizes.repeats)
-        logits = np.asarray(block(compiled(model.params, tokens, cache)[0]), np.float32)
-    finally:
-        if before is None:
-            os.environ.pop(layers.ATTENTION_ENV, None)
-        else:
-            os.environ[layers.ATTENTION_ENV] = before
-        jax.clear_caches()
+    model = model.with_attention(other)
+    cache = lcf("kv").KVCache.init(model.config, 1, t, model.dtype)
+    compiled = prefill_of(model).lower(model.params, tokens, cache).compile()
+    timing = timed(lambda: compiled(model.params, tokens, cache), repeats=run.sizes.repeats)
+    logits = np.asarray(block(compiled(model.params, tokens, cache)[0]), np.float32)
     diff = float(np.abs(logits - reference).max())
     rows = [
         row(f"  attention kernel chosen for prefill (auto on {jax.default_backend()})", chosen),

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from hf_tiny import CASES, save_tiny, tiny_hf_model
 from safetensors.numpy import load_file
 
 import lcf_jax
-from lcf_jax.models.layers import attention_kernel
+from lcf_jax.models.layers import Attention, attention_kernel
 
 TOKENS = np.random.RandomState(0).randint(0, 97, (2, 13)).astype(np.int32)
 
@@ -121,28 +121,25 @@ def test_bfloat16_load_tracks_float32(pair):
 
 
 @pytest.mark.parametrize("kernel", ["fused", "einsum"])
-def test_attention_kernels_match_transformers_on_padded_chunked_prefill(pair, kernel, monkeypatch):
-    """LCF_ATTENTION=fused (jax.nn.dot_product_attention: cuDNN on GPUs, XLA here) and the einsum
+def test_attention_kernels_match_transformers_on_padded_chunked_prefill(pair, kernel):
+    """attention="fused" (jax.nn.dot_product_attention: cuDNN on GPUs, XLA here) and the einsum
     kernel give transformers' logits for a padded batch prefilled in two chunks."""
     torch_model, model, _ = pair
-    monkeypatch.setenv("LCF_ATTENTION", kernel)
-    jax.clear_caches()  # the kernel is chosen when a function is traced
-    try:
-        assert attention_kernel(jnp.zeros((1, 4, 2, 8))) == kernel
-        tokens, lengths = lcf_jax.sampling.pad_batch([TOKENS[0, :13].tolist(), TOKENS[1, :8].tolist()])
-        mask = (np.arange(tokens.shape[1])[None] < lengths[:, None]).astype(np.int64)
-        ref_logits, _ = torch_forward(torch_model, tokens, mask)
-        first, cache = model(tokens[:, :5])
-        rest, _ = model(tokens[:, 5:], cache, lengths=lengths - 5)
-        logits = np.concatenate([np.asarray(first), np.asarray(rest)], axis=1)
-        for i, n in enumerate(lengths):
-            assert np.abs(logits[i, :n] - ref_logits[i, :n]).max() <= 1e-4
-    finally:
-        monkeypatch.undo()
-        jax.clear_caches()
+    model = model.with_attention(kernel)  # a new graphdef: compiled for this kernel, no stale trace
+    assert attention_kernel(jnp.zeros((1, 4, 2, 8)), model.attention) == kernel
+    assert {m.kernel for _, m in nnx.iter_graph(model.module) if isinstance(m, Attention)} == {kernel}
+    tokens, lengths = lcf_jax.sampling.pad_batch([TOKENS[0, :13].tolist(), TOKENS[1, :8].tolist()])
+    mask = (np.arange(tokens.shape[1])[None] < lengths[:, None]).astype(np.int64)
+    ref_logits, _ = torch_forward(torch_model, tokens, mask)
+    first, cache = model(tokens[:, :5])
+    rest, _ = model(tokens[:, 5:], cache, lengths=lengths - 5)
+    logits = np.concatenate([np.asarray(first), np.asarray(rest)], axis=1)
+    for i, n in enumerate(lengths):
+        assert np.abs(logits[i, :n] - ref_logits[i, :n]).max() <= 1e-4
 
 
-def test_unknown_attention_kernel_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("LCF_ATTENTION", "flash")
-    with pytest.raises(ValueError, match="LCF_ATTENTION='flash': choose one of auto, einsum, fused"):
-        attention_kernel(jnp.zeros((1, 4, 2, 8)))
+def test_unknown_attention_kernel_is_a_clear_error(pair):
+    with pytest.raises(ValueError, match="attention='flash': choose one of auto, einsum, fused"):
+        attention_kernel(jnp.zeros((1, 4, 2, 8)), "flash")
+    with pytest.raises(ValueError, match="attention='flash'"):
+        pair[1].with_attention("flash")

@@ -37,11 +37,16 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
 
 def load_model(
-    source: str | os.PathLike, *, dtype: str = "float32", sharding: jax.sharding.Sharding | None = None
+    source: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    sharding: jax.sharding.Sharding | None = None,
+    attention: str = "auto",
 ) -> Model:
     """Load a model from an HF directory (config.json + safetensors), a `.gguf` file, or a registered
     name such as `"smollm2-135m"`. Weights are cast to `dtype` and placed on `sharding` (default:
-    the default device) one tensor at a time."""
+    the default device) one tensor at a time. `attention`: the prefill kernel ("auto", "einsum",
+    "fused"; `lcf_jax.models.layers`)."""
     dtype = resolve_dtype(dtype)
     path = resolve_source(source)
 
@@ -60,8 +65,10 @@ def load_model(
         tokenizer = load_gguf_tokenizer(path)
     else:
         raise ValueError(f"{path} is neither a model directory nor a .gguf file")
-    graphdef, abstract = abstract_transformer(config, dtype)
-    return Model(config, graphdef, state_from_flat(abstract, flat), tokenizer=tokenizer, dtype=dtype)
+    graphdef, abstract = abstract_transformer(config, dtype, attention)
+    return Model(
+        config, graphdef, state_from_flat(abstract, flat), tokenizer=tokenizer, dtype=dtype, attention=attention
+    )
 
 
 def save_hf(model: Model, directory: str | os.PathLike) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +24,13 @@ from lcf_jax.typing import Array, DType
 # softmax instead of NaNs that would leak into the cache through later layers.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
-# Which kernel attends when a row brings more than one new token (prefill, extend, training):
+# Which kernel attends when a row brings more than one new token (prefill, extend, training), a
+# static attribute of each `Attention` module (so part of the model's graphdef: choosing another
+# retraces; `Model.with_attention`, `load_model(..., attention=)`):
 #   "einsum"  the grouped matmuls of `attention` (tuned for CPU)
 #   "fused"   `jax.nn.dot_product_attention`: cuDNN's fused attention on an NVIDIA GPU, XLA elsewhere
 #   "auto"    fused on a GPU for bf16/fp16, einsum otherwise (the default)
-# Read when a function is traced (set it before the first call, or call jax.clear_caches()).
 # A decode step (one token per row) always takes the einsum kernel.
-ATTENTION_ENV = "LCF_ATTENTION"
 ATTENTION_CHOICES = ("auto", "einsum", "fused")
 log = logging.getLogger(__name__)
 
@@ -86,11 +85,15 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def attention_kernel(q: Array) -> str:
-    """ "einsum" or "fused" for these queries, from `LCF_ATTENTION` (see ATTENTION_ENV)."""
-    choice = os.environ.get(ATTENTION_ENV, "auto")
+def check_attention(choice: str) -> str:
     if choice not in ATTENTION_CHOICES:
-        raise ValueError(f"{ATTENTION_ENV}={choice!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
+        raise ValueError(f"attention={choice!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
+    return choice
+
+
+def attention_kernel(q: Array, choice: str = "auto") -> str:
+    """ "einsum" or "fused" for these queries under the model's `choice` (see ATTENTION_CHOICES)."""
+    check_attention(choice)
     if q.shape[1] == 1:
         return "einsum"
     if choice == "auto":
@@ -99,13 +102,13 @@ def attention_kernel(q: Array) -> str:
     return choice
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array, query_valid: Array | None = None):
+def attention(q: Array, k: Array, v: Array, mask: Array, query_valid: Array | None = None, choice: str = "auto"):
     """Grouped-query attention through the kernel `attention_kernel` picks; arguments and result
     as `einsum_attention` (asked for the attention each entry receives, it is the einsum kernel:
     the fused one never forms the probabilities)."""
     if query_valid is not None:
         return einsum_attention(q, k, v, mask, query_valid)
-    if attention_kernel(q) == "fused":
+    if attention_kernel(q, choice) == "fused":
         return fused_attention(q, k, v, mask)
     return einsum_attention(q, k, v, mask)
 
@@ -156,7 +159,9 @@ def einsum_attention(q: Array, k: Array, v: Array, mask: Array, query_valid: Arr
 class Attention(nnx.Module):
     """Self-attention that writes its new keys/values (post-RoPE) into one layer's cache slice."""
 
-    def __init__(self, config: ModelConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs):
+    def __init__(
+        self, config: ModelConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs, attention: str = "auto"
+    ):
         d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         linear = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = nnx.Linear(d, n * h, use_bias=config.qkv_bias, **linear)
@@ -167,6 +172,7 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, eps=config.rms_norm_eps, param_dtype=param_dtype)
             self.k_norm = RMSNorm(h, eps=config.rms_norm_eps, param_dtype=param_dtype)
         self.config = config  # static: hashable, and RoPE frequencies are derived from it at trace time
+        self.kernel = check_attention(attention)  # static too: another choice is another graphdef
 
     def __call__(
         self,
@@ -203,7 +209,7 @@ class Attention(nnx.Module):
             v_cache = write_layer_rows(v_cache, layer, v, starts)
             k_l = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)  # [B, S, K, H]
             v_l = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
-        out = attention(q, k_l.astype(q.dtype), v_l.astype(q.dtype), mask, query_valid)
+        out = attention(q, k_l.astype(q.dtype), v_l.astype(q.dtype), mask, query_valid, self.kernel)
         if query_valid is not None:
             out, mass = out
             return self.o_proj(out.reshape(b, t, n * h)), k_cache, v_cache, mass

@@ -31,9 +31,11 @@ def resolve_dtype(dtype: DType | str) -> jnp.dtype:
     return resolved
 
 
-def abstract_transformer(config: ModelConfig, dtype: DType = jnp.float32) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_transformer(
+    config: ModelConfig, dtype: DType = jnp.float32, attention: str = "auto"
+) -> tuple[nnx.GraphDef, nnx.State]:
     """The decoder's graph and shape-only parameters, without allocating any weights."""
-    abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0), attention=attention))
     return nnx.split(abstract)
 
 
@@ -72,7 +74,8 @@ class Model:
     """A decoder ready to run: `logits, cache = model(tokens, cache)`.
 
     Attributes: `config` (`ModelConfig`), `params` (an `nnx.State` pytree), `graphdef`,
-    `tokenizer` (a transformers tokenizer, or None for weight-only checkpoints), `dtype`.
+    `tokenizer` (a transformers tokenizer, or None for weight-only checkpoints), `dtype`,
+    `attention` (the prefill kernel, part of the graphdef: `with_attention` picks another).
     """
 
     def __init__(
@@ -83,7 +86,9 @@ class Model:
         *,
         tokenizer: Any = None,
         dtype=jnp.float32,
+        attention: str = "auto",
     ):
+        self.attention = attention
         self.config = config
         self.graphdef = graphdef
         self.params = params
@@ -92,12 +97,26 @@ class Model:
 
     @classmethod
     def random(
-        cls, config: ModelConfig, *, dtype: DType | str = "float32", seed: int = 0, tokenizer: Any = None
+        cls,
+        config: ModelConfig,
+        *,
+        dtype: DType | str = "float32",
+        seed: int = 0,
+        tokenizer: Any = None,
+        attention: str = "auto",
     ) -> Model:
         """Random weights at the config's shapes (tests, benchmarks, shape checks)."""
         dtype = resolve_dtype(dtype)
-        graphdef, params = nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(seed)))
-        return cls(config, graphdef, params, tokenizer=tokenizer, dtype=dtype)
+        graphdef, params = nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(seed), attention=attention))
+        return cls(config, graphdef, params, tokenizer=tokenizer, dtype=dtype, attention=attention)
+
+    def with_attention(self, attention: str) -> Model:
+        """The same weights with another prefill kernel ("auto", "einsum", "fused"): a new graphdef,
+        so jitted calls compile for it (nothing is left from the previous choice's traces)."""
+        graphdef, _ = abstract_transformer(self.config, self.dtype, attention)
+        return Model(
+            self.config, graphdef, self.params, tokenizer=self.tokenizer, dtype=self.dtype, attention=attention
+        )
 
     @property
     def module(self) -> Transformer:

@@ -20,9 +20,9 @@ from lcf_jax.typing import Array, DType
 class DecoderLayer(nnx.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs, attention: str):
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
-        self.self_attn = Attention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.self_attn = Attention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, attention=attention)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -38,9 +38,10 @@ class DecoderLayer(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Decoder-only language model with an explicit `KVCache`."""
+    """Decoder-only language model with an explicit `KVCache`. `attention`: the prefill kernel,
+    "auto", "einsum" or "fused" (`lcf_jax.models.layers.ATTENTION_CHOICES`)."""
 
-    def __init__(self, config: ModelConfig, *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, dtype: DType = jnp.float32, rngs: nnx.Rngs, attention: str = "auto"):
         self.config = config
         d, v = config.hidden_size, config.vocab_size
         self.embed_tokens = nnx.Embed(v, d, dtype=dtype, param_dtype=dtype, rngs=rngs)
@@ -48,7 +49,7 @@ class Transformer(nnx.Module):
         @nnx.split_rngs(splits=config.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
         def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
-            return DecoderLayer(config, dtype=dtype, param_dtype=dtype, rngs=rngs)
+            return DecoderLayer(config, dtype=dtype, param_dtype=dtype, rngs=rngs, attention=attention)
 
         self.layers = make_layers(rngs)
         self.norm = RMSNorm(d, eps=config.rms_norm_eps, param_dtype=dtype)
