@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from lcf_jax.version import __version__ as __version__
 
 # public name -> the module that defines it
 _PUBLIC = {

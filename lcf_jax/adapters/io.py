@@ -42,18 +42,19 @@ from lcf_jax.adapters.adapter import Adapter, AdapterSpec
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.loading.safetensors import SafetensorsReader
 from lcf_jax.models.config import ModelConfig, RopeScaling
+from lcf_jax.version import __version__
 
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
-def _model_config_to_json(config: ModelConfig) -> dict[str, Any]:
+def model_config_to_json(config: ModelConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
     if isinstance(config.eos_token_id, tuple):
         out["eos_token_id"] = list(config.eos_token_id)
     return out
 
 
-def _model_config_from_json(data: dict[str, Any], where: str | os.PathLike, role: str) -> ModelConfig:
+def model_config_from_json(data: dict[str, Any], where: str | os.PathLike, role: str) -> ModelConfig:
     """The `role` ("sharer", "receiver") architecture of a config whose JSON types were checked
     (`adapter_format.model_problems`); what ModelConfig refuses (an unknown family or RoPE type) is
     a CheckpointError naming the file `where`."""
@@ -70,8 +71,8 @@ def _model_config_from_json(data: dict[str, Any], where: str | os.PathLike, role
 
 def spec_to_json(spec: AdapterSpec) -> dict[str, Any]:
     out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    out["sharer"] = _model_config_to_json(spec.sharer)
-    out["receiver"] = _model_config_to_json(spec.receiver)
+    out["sharer"] = model_config_to_json(spec.sharer)
+    out["receiver"] = model_config_to_json(spec.receiver)
     out["layers"], out["source_layers"] = list(spec.layers), list(spec.source_layers)
     return out
 
@@ -80,8 +81,8 @@ def spec_from_json(data: Any, where: str | os.PathLike = CONFIG_FILE) -> Adapter
     """The AdapterSpec of a config's `adapter` section; `where` names the file in errors."""
     refuse(adapter_problems(data), where, CheckpointError, REEXPORT)
     data = dict(data)
-    data["sharer"] = _model_config_from_json(data["sharer"], where, "sharer")
-    data["receiver"] = _model_config_from_json(data["receiver"], where, "receiver")
+    data["sharer"] = model_config_from_json(data["sharer"], where, "sharer")
+    data["receiver"] = model_config_from_json(data["receiver"], where, "receiver")
     data["layers"], data["source_layers"] = tuple(data["layers"]), tuple(data["source_layers"])
     return AdapterSpec(**data)
 
@@ -92,7 +93,6 @@ def flat_params(adapter: Adapter) -> dict[str, jax.Array]:
 
 def save_adapter(adapter: Adapter, directory: str | os.PathLike, *, dtype: str = "float32") -> Path:
     """Write the adapter's two files into `directory`; returns the directory."""
-    from lcf_jax import __version__  # noqa: PLC0415 - the package imports this module
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")

@@ -38,10 +38,12 @@ from lcf_jax.adapter_format import (
     translator_shapes,
 )
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
+from lcf_jax.adapters.io import model_config_from_json, model_config_to_json
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.messages.kv import KVMessage, model_signature
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.layers import apply_rope, rope_inv_freq
+from lcf_jax.sampling import prefill
 
 
 def rotate(x, positions, config: ModelConfig):
@@ -186,7 +188,6 @@ def fit_translator(
     """Fit a translator on `texts` (token ids both models read; they must share a tokenizer):
     the receiver's own pre-RoPE keys and values are the targets. Returns the translator and the
     fit's relative MSE (residual / target variance) for keys and values, averaged over layers."""
-    from lcf_jax import communicate  # noqa: PLC0415 - communicate imports this package
 
     if sharer.config.vocab_size != receiver.config.vocab_size:
         raise ValueError("a KV translator needs models that share a tokenizer (positions are token positions)")
@@ -194,8 +195,8 @@ def fit_translator(
     if not texts:
         raise ValueError("fit_translator needs at least one non-empty text")
     lengths = [len(t) for t in texts]
-    xk, xv = _pre_rope(communicate.prefill(sharer, texts), sharer.config, lengths)
-    yk, yv = _pre_rope(communicate.prefill(receiver, texts), receiver.config, lengths)
+    xk, xv = _pre_rope(prefill(sharer, texts), sharer.config, lengths)
+    yk, yv = _pre_rope(prefill(receiver, texts), receiver.config, lengths)
     source = make_layer_map(layer_map, sharer.config.num_layers, receiver.config.num_layers)
     maps = {"key_map": [], "key_bias": [], "value_map": [], "value_bias": []}
     errors = {"key": [], "value": []}
@@ -212,11 +213,10 @@ def fit_translator(
 def relative_mse(translator: KVTranslator, sharer, receiver, texts: Sequence[Sequence[int]]) -> dict[str, float]:
     """The translator's relative MSE (residual / target variance, per layer, averaged) on texts
     (held out)."""
-    from lcf_jax import communicate  # noqa: PLC0415
 
     lengths = [len(t) for t in texts]
-    xk, xv = _pre_rope(communicate.prefill(sharer, texts), sharer.config, lengths)
-    yk, yv = _pre_rope(communicate.prefill(receiver, texts), receiver.config, lengths)
+    xk, xv = _pre_rope(prefill(sharer, texts), sharer.config, lengths)
+    yk, yv = _pre_rope(prefill(receiver, texts), receiver.config, lengths)
     rows = np.asarray(translator.source_layers)
     pk, pv = map_entries(translator.arrays, jnp.asarray(xk[rows]), jnp.asarray(xv[rows]))
     out = {}
@@ -231,16 +231,14 @@ def save_translator(translator: KVTranslator, directory) -> Path:
     architectures and the layer map): no pickle."""
     from safetensors.numpy import save_file  # noqa: PLC0415
 
-    from lcf_jax.adapters.io import _model_config_to_json  # noqa: PLC0415
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({name: np.ascontiguousarray(a, np.float32) for name, a in translator.arrays.items()},
               str(directory / TRANSLATOR_WEIGHTS))  # fmt: skip
     config = {
         "kind": "kv_translator",
-        "sharer": _model_config_to_json(translator.sharer),
-        "receiver": _model_config_to_json(translator.receiver),
+        "sharer": model_config_to_json(translator.sharer),
+        "receiver": model_config_to_json(translator.receiver),
         "source_layers": list(translator.source_layers),
         "map": "trunk" if translator.width else "linear",
         "width": translator.width,
@@ -255,8 +253,6 @@ def load_translator(directory) -> KVTranslator:
     naming the file."""
     from safetensors.numpy import load_file  # noqa: PLC0415
 
-    from lcf_jax.adapters.io import _model_config_from_json  # noqa: PLC0415
-
     directory = Path(directory)
     for name in (TRANSLATOR_CONFIG, TRANSLATOR_WEIGHTS):
         if not (directory / name).exists():
@@ -264,8 +260,8 @@ def load_translator(directory) -> KVTranslator:
     path, weights = directory / TRANSLATOR_CONFIG, directory / TRANSLATOR_WEIGHTS
     config = read_json(path, CheckpointError, RESAVE_TRANSLATOR)
     check_translator_config(config, path, CheckpointError)
-    sharer = _model_config_from_json(config["sharer"], path, "sharer")
-    receiver = _model_config_from_json(config["receiver"], path, "receiver")
+    sharer = model_config_from_json(config["sharer"], path, "sharer")
+    receiver = model_config_from_json(config["receiver"], path, "receiver")
     try:
         arrays = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for a cut or foreign file
