@@ -18,7 +18,7 @@
 #
 # # Export an adapter to PyTorch and run it with transformers
 #
-# `lcf_jax.export.export_adapter` (the `lcf export` command) writes a trained adapter as
+# `lcf_jax.export_adapter` (the `lcf export` command) writes a trained adapter as
 # `adapter.safetensors` + `adapter_config.json`. `lcf_jax.torch` loads those files into a PyTorch
 # module and runs it with a pair of transformers models: it imports torch, transformers and
 # safetensors only, never JAX, so the deployment side does not need JAX at all.
@@ -58,11 +58,16 @@ import transformers
 
 import lcf_jax
 import lcf_jax.torch as lcf_torch
-from lcf_jax import adapters, communicate
-from lcf_jax.adapters.io import load_adapter, save_adapter
-from lcf_jax.data.qa import receiver_messages, sharer_spans
-from lcf_jax.data.split_qa import generate_questions
-from lcf_jax.export import export_adapter
+from lcf_jax import (  # the public API (lcf_jax/__init__.py)
+    build_adapter,
+    communicate,
+    export_adapter,
+    generate_questions,
+    load_adapter,
+    receiver_messages,
+    save_adapter,
+    sharer_spans,
+)
 
 print("torch", torch.__version__, "| transformers", transformers.__version__)
 
@@ -91,7 +96,7 @@ if found:
     print("exporting the trained adapter in", checkpoint)
 else:
     checkpoint = "lcf-untrained/adapter"
-    save_adapter(adapters.build("lcfx", model, model, latent_width=64, dropout=0.0), checkpoint)
+    save_adapter(build_adapter("lcfx", model, model, latent_width=64, dropout=0.0), checkpoint)
     print("no trained adapter found: exporting an untrained one from", checkpoint)
 
 # %% [markdown]

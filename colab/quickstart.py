@@ -64,16 +64,21 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 import lcf_jax
-from lcf_jax import communicate
-from lcf_jax.adapters.io import load_adapter
-from lcf_jax.data.qa import sharer_spans
-from lcf_jax.data.split_qa import generate_questions
-from lcf_jax.demo import demo_config
-from lcf_jax.eval.conditions import Setup, decode, receiver_prompt, sharer_text_prompt
-from lcf_jax.eval.latency import time_question
-from lcf_jax.eval.metrics import token_f1
-from lcf_jax.sampling import stop_token_ids
-from lcf_jax.train.loop import train
+from lcf_jax import (  # the public API (lcf_jax/__init__.py)
+    Setup,
+    communicate,
+    decode,
+    demo_config,
+    generate_questions,
+    load_adapter,
+    receiver_prompt,
+    sharer_spans,
+    sharer_text_prompt,
+    stop_token_ids,
+    time_question,
+    token_f1,
+    train,
+)
 
 print("jax", jax.__version__, "on", jax.devices())
 
@@ -129,9 +134,9 @@ print(adapter.spec.describe())
 # %% [markdown]
 # ## One split-context question
 #
-# `lcf_jax.data.split_qa` generates questions about fictional people and organisations (no
-# download). The answer is in one of the sharer's paragraphs; the receiver's paragraphs are about
-# other entities.
+# `lcf_jax.generate_questions` (`lcf_jax/data/split_qa.py`) generates questions about fictional
+# people and organisations (no download). The answer is in one of the sharer's paragraphs; the
+# receiver's paragraphs are about other entities.
 
 # %%
 q, other = generate_questions("test", 2, seed=1)
@@ -195,7 +200,7 @@ print("full context:", full_answer)
 # %% [markdown]
 # ## Answers and timings
 #
-# `lcf_jax.eval.latency.time_question` times each condition for one question at batch 1, stage
+# `lcf_jax.time_question` times each condition for one question at batch 1, stage
 # by stage: what the sharer does before anything is sent (write the text, or prefill and summarise),
 # then the receiver up to its first answer token. It is run once first so that compilation is not
 # counted. F1 is SQuAD-style token overlap with the gold answer (the model answers in a sentence,

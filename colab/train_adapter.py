@@ -20,7 +20,7 @@
 #
 # A short training run of the `lcf demo` recipe: an LCF-X adapter between two copies of
 # SmolLM2-135M-Instruct on generated split-context questions, through the public training API
-# (`lcf_jax.train.loop.train` with an `ml_collections` config). The sizes follow the runtime this
+# (`lcf_jax.train` with an `ml_collections` config). The sizes follow the runtime this
 # notebook finds: choose *Runtime > Change runtime type* in Colab for a TPU or a GPU. The
 # training loss is then read back from the work directory's `metrics.jsonl`.
 
@@ -55,8 +55,7 @@ import jax
 import matplotlib.pyplot as plt
 
 import lcf_jax
-from lcf_jax.demo import demo_config
-from lcf_jax.train.loop import train
+from lcf_jax import demo_config, train  # the public API (lcf_jax/__init__.py)
 
 backend = jax.default_backend()  # "tpu", "gpu" or "cpu"
 devices = jax.devices()
@@ -81,7 +80,7 @@ print(f"{steps} steps of {batch} questions, frozen models in {model_dtype}")
 # %% [markdown]
 # ## The config
 #
-# `lcf_jax.demo.demo_config()` is the `lcf demo` recipe (LCF-X, latent width 64, split-context
+# `lcf_jax.demo_config()` is the `lcf demo` recipe (LCF-X, latent width 64, split-context
 # questions, learning rate 1e-3). Any key can be changed before training; `print(config)` shows
 # them all. The same recipe runs from the command line as `lcf train --config ... --workdir ...`.
 

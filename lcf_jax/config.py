@@ -16,9 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A config file, argument or override that cannot be used; names it and the fix."""
+from lcf_jax.errors import ConfigError
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -96,3 +96,32 @@ def test_every_subcommand_help_is_complete(command, capsys):
     examples = [line.strip() for line in (parser.epilog or "").splitlines()]
     assert any(line.startswith(f"lcf {command} ") or line == f"lcf {command}" for line in examples)
     assert f"lcf {command}" in shown.split("examples:")[-1], "the examples are printed with their line breaks"
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    from lcf_jax import cli
+    from lcf_jax.errors import ConfigError
+
+    def bad_input(args):
+        raise ConfigError("train.steps must be positive: set --config.train.steps=N with N >= 1")
+
+    def bug(args):
+        raise ValueError("an internal invariant broke")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_run(parser(), bad_input))
+    assert cli.main(["demo", "--workdir", "/tmp/unused"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "lcf demo: error: train.steps must be positive: set --config.train.steps=N with N >= 1\n"
+    )
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_run(parser(), bug))
+    with pytest.raises(ValueError, match="internal invariant"):
+        cli.main(["demo", "--workdir", "/tmp/unused"])
+
+
+def _with_run(parser, run):
+    """The parser with every command's action replaced by `run`."""
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(run=run)
+    return parser

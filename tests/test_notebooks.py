@@ -5,6 +5,7 @@ py:percent), is committed without outputs and opens with the Colab badge and the
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def _cells(notebook) -> list[tuple[str, str]]:
 def test_every_notebook_is_here():
     assert {p.stem for p in NOTEBOOKS} == EXPECTED
     assert {p.stem for p in COLAB.glob("*.py")} == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_notebook_uses_only_the_public_api(path: Path):
+    """`lcf_jax.X` names listed in lcf_jax/__init__.py, `lcf_jax.communicate` and `lcf_jax.torch`:
+    internals may move without notice, the notebooks must not break when they do."""
+    import lcf_jax
+
+    source = path.with_suffix(".py").read_text()
+    modules = set(re.findall(r"^\s*(?:from|import) (lcf_jax[\w.]*)", source, re.M))
+    assert modules <= {"lcf_jax", "lcf_jax.torch"}, f"{path.stem} imports internals: {sorted(modules)}"
+    names = set(re.findall(r"\blcf_jax\.(\w+)", source)) - {"torch", "communicate"}
+    assert names <= set(lcf_jax.__all__), f"{path.stem} uses non-public names: {sorted(names - set(lcf_jax.__all__))}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)

@@ -11,6 +11,7 @@ from flax import nnx
 from lcf_jax.adapters.adapter import KINDS, Adapter, AdapterSpec
 from lcf_jax.adapters.blocks import ACTIVATIONS, COMPUTE_DTYPES
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
+from lcf_jax.errors import ConfigError
 from lcf_jax.models import preset
 from lcf_jax.models.config import ModelConfig
 
@@ -48,37 +49,37 @@ def make_spec(
     message_norm: str = "none",
 ) -> AdapterSpec:
     if kind not in KINDS:
-        raise ValueError(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
+        raise ConfigError(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
     if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+        raise ConfigError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     if kind != "lcfx" and (message_slots != 1 or receiver_conditioned or message_injection != "broadcast"):
-        raise ValueError("message_slots, message_injection and receiver_conditioned are LCF-X options (kind='lcfx')")
+        raise ConfigError("message_slots, message_injection and receiver_conditioned are LCF-X options (kind='lcfx')")
     if up_init not in ("lecun", "zeros"):
-        raise ValueError(f"up_init must be 'lecun' or 'zeros', got {up_init!r}")
+        raise ConfigError(f"up_init must be 'lecun' or 'zeros', got {up_init!r}")
     if gate_inference not in ("hard", "soft"):
-        raise ValueError(f"gate_inference must be 'hard' or 'soft', got {gate_inference!r}")
+        raise ConfigError(f"gate_inference must be 'hard' or 'soft', got {gate_inference!r}")
     if kind == "c2c" and (up_init != "lecun" or gate_inference != "hard"):
-        raise ValueError("up_init and gate_inference are options of the LCF projector (kind 'lcf' or 'lcfx')")
+        raise ConfigError("up_init and gate_inference are options of the LCF projector (kind 'lcf' or 'lcfx')")
     if slot_query_init not in ("zeros", "normal"):
-        raise ValueError(f"slot_query_init must be 'zeros' or 'normal', got {slot_query_init!r}")
+        raise ConfigError(f"slot_query_init must be 'zeros' or 'normal', got {slot_query_init!r}")
     if message_norm not in ("none", "standardize"):
-        raise ValueError(f"message_norm must be 'none' or 'standardize', got {message_norm!r}")
+        raise ConfigError(f"message_norm must be 'none' or 'standardize', got {message_norm!r}")
     if kind != "lcfx" and (slot_query_init != "zeros" or message_norm != "none"):
-        raise ValueError("slot_query_init and message_norm are LCF-X options (kind='lcfx')")
+        raise ConfigError("slot_query_init and message_norm are LCF-X options (kind='lcfx')")
     if message_injection not in ("broadcast", "prefix"):
-        raise ValueError(f"message_injection must be 'broadcast' or 'prefix', got {message_injection!r}")
+        raise ConfigError(f"message_injection must be 'broadcast' or 'prefix', got {message_injection!r}")
     if message_injection == "broadcast" and message_slots != 1:
-        raise ValueError("several message slots need message_injection='prefix' (broadcast mode sends one summary)")
+        raise ConfigError("several message slots need message_injection='prefix' (broadcast mode sends one summary)")
     sharer_config, receiver_config = model_config(sharer), model_config(receiver)
     mapping = make_layer_map(layer_map, sharer_config.num_layers, receiver_config.num_layers)
     layers = tuple(range(receiver_config.num_layers)) if keep_layers is None else tuple(sorted(set(keep_layers)))
     bad = [t for t in layers if not 0 <= t < receiver_config.num_layers]
     if bad or not layers:
-        raise ValueError(
+        raise ConfigError(
             f"keep_layers must be a non-empty subset of the receiver's layers 0..{receiver_config.num_layers - 1}, "
             f"got {sorted(set(keep_layers or []))}"
         )

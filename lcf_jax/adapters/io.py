@@ -39,7 +39,7 @@ from lcf_jax.adapter_format import (
     tensor_problems,
 )
 from lcf_jax.adapters.adapter import Adapter, AdapterSpec
-from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.errors import CheckpointError
 from lcf_jax.loading.safetensors import SafetensorsReader
 from lcf_jax.models.config import ModelConfig, RopeScaling
 from lcf_jax.version import __version__

@@ -15,12 +15,9 @@ from typing import Any
 
 from lcf_jax.align import align_tokens
 from lcf_jax.data.examples import Example
+from lcf_jax.errors import DataError
 
 ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-
-
-class DataError(ValueError):
-    """A data file that cannot be read as documented; names the file, the line and the fix."""
 
 
 def read_conversations(path: str | os.PathLike) -> Iterator[list[dict[str, str]]]:

@@ -17,8 +17,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from lcf_jax.data.chat import DataError
 from lcf_jax.data.qa import Question
+from lcf_jax.errors import DataError
 
 FILES = {"train": "hotpot_train_v1.1.json", "validation": "hotpot_dev_distractor_v1.json"}
 PARAGRAPHS = 10

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lcf_jax.data.chat import DataError
+from lcf_jax.errors import DataError
 
 LETTERS = tuple("ABCDEFGHIJ")  # MMLU-Pro has up to 10 options
 ANSWER_CUE = "The correct answer is"

@@ -15,6 +15,7 @@ import numpy as np
 
 from lcf_jax.data.batch import Batch
 from lcf_jax.data.examples import Example, batch_widths, make_batch
+from lcf_jax.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -31,9 +32,9 @@ class BatchIterator(Iterator[Batch]):
 
     def __post_init__(self):
         if self.global_batch_size % self.process_count:
-            raise ValueError(f"global batch {self.global_batch_size} does not split over {self.process_count} hosts")
+            raise ConfigError(f"global batch {self.global_batch_size} does not split over {self.process_count} hosts")
         if len(self.examples) < self.global_batch_size:
-            raise ValueError(f"{len(self.examples)} examples cannot fill one batch of {self.global_batch_size}")
+            raise ConfigError(f"{len(self.examples)} examples cannot fill one batch of {self.global_batch_size}")
 
     @property
     def batches_per_epoch(self) -> int:
@@ -64,7 +65,7 @@ class BatchIterator(Iterator[Batch]):
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("examples") not in (None, len(self.examples)) or state.get("seed") not in (None, self.seed):
-            raise ValueError(
+            raise ConfigError(
                 f"checkpointed data state {state} was made for another dataset or seed "
                 f"({len(self.examples)} examples, seed {self.seed} now)"
             )

@@ -18,8 +18,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lcf_jax.data.chat import DataError, token_ids
+from lcf_jax.data.chat import token_ids
 from lcf_jax.data.examples import Example
+from lcf_jax.errors import DataError
 
 FIELDS = ("id", "question", "sharer_context", "receiver_context", "answers")
 INSTRUCTION = "Answer the question with a short phrase taken from the facts."

@@ -67,6 +67,7 @@ import random
 from typing import Any
 
 from lcf_jax.data.qa import Question
+from lcf_jax.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
 VARIANTS = ("single_hop", "bridge")  # what "mixed" draws from (fixed: it decides every mixed question)
@@ -300,7 +301,7 @@ def _variant_of(split: str, seed: int, index: int, variant: str) -> str:
     if variant in VARIANTS or variant in EXTRA_VARIANTS:
         return variant
     if variant != "mixed":
-        raise ValueError(f"unknown variant {variant!r}: use 'mixed' or one of {VARIANTS + EXTRA_VARIANTS}")
+        raise ConfigError(f"unknown variant {variant!r}: use 'mixed' or one of {VARIANTS + EXTRA_VARIANTS}")
     return VARIANTS[random.Random(f"mix:{split}:{seed}:{index}").randrange(len(VARIANTS))]
 
 
@@ -311,7 +312,7 @@ def generate_example(split: str, index: int, *, seed: int = 0, variant: str = DE
     Deterministic in (split, seed, index, variant); in "mixed", question `index` is the one its
     drawn variant gives on its own, so a mixed set interleaves the pure ones."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
+        raise ConfigError(f"unknown split {split!r}: use one of {SPLITS}")
     variant = _variant_of(split, seed, index, variant)
     rng = random.Random(f"{split}:{seed}:{index}:{variant}")
     built = _build(split, rng, variant)

@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lcf_jax.data import hotpot, split_qa
-from lcf_jax.data.chat import DataError
 from lcf_jax.data.mcq import MCQ, read_mcq
 from lcf_jax.data.qa import Question
+from lcf_jax.errors import DataError
 
 FILE_FORMAT = "array_record"
 _TEXT = tfds.features.Text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from lcf_jax.errors import ConfigError
 from lcf_jax.messages.kv import DEFAULT_POLICY, DEFAULT_UNIT, POLICIES
 
 
@@ -33,16 +34,16 @@ class Condition:
 
     def __post_init__(self):
         if self.kind not in ("receiver", "text", "lcfx", "kv"):
-            raise ValueError(f"condition {self.name!r}: kind must be receiver, text, lcfx or kv, got {self.kind!r}")
+            raise ConfigError(f"condition {self.name!r}: kind must be receiver, text, lcfx or kv, got {self.kind!r}")
         if self.kind == "kv":
             if self.policy not in POLICIES:
-                raise ValueError(f"condition {self.name!r}: policy must be one of {', '.join(POLICIES)}")
+                raise ConfigError(f"condition {self.name!r}: policy must be one of {', '.join(POLICIES)}")
             if (self.policy == "all") != (self.entries is None):
-                raise ValueError(f"condition {self.name!r}: policy 'all' and only it sends every entry (entries=None)")
+                raise ConfigError(f"condition {self.name!r}: policy 'all' and only it sends every entry (entries=None)")
             if self.unit not in ("token", "span"):
-                raise ValueError(f"condition {self.name!r}: unit must be 'token' or 'span'")
+                raise ConfigError(f"condition {self.name!r}: unit must be 'token' or 'span'")
             if not 0.0 < self.layer_fraction <= 1.0:
-                raise ValueError(f"condition {self.name!r}: layer_fraction must lie in (0, 1]")
+                raise ConfigError(f"condition {self.name!r}: layer_fraction must lie in (0, 1]")
 
 
 def text_condition(budget: int) -> str:

@@ -48,6 +48,7 @@ import numpy as np
 from lcf_jax import communicate
 from lcf_jax.adapters import Message
 from lcf_jax.data.qa import Question
+from lcf_jax.errors import ConfigError
 from lcf_jax.eval import kv_share
 from lcf_jax.eval.answering import EXTEND_BUCKET, answers_from, common_prefix
 from lcf_jax.eval.batching import token_batches
@@ -112,7 +113,7 @@ def run_answers(
     """Each condition's answer to every question (batched; greedy). With `record`, what it holds is
     reused and each finished message and batch of answers is added to it as it finishes."""
     if len(questions) < 2 and setup.adapter is not None:
-        raise ValueError("the mismatched-message control needs at least 2 questions")
+        raise ConfigError("the mismatched-message control needs at least 2 questions")
     record = record or RunRecord(None, {})
     ids = [q.id for q in questions]
     pending = [i for i, qid in enumerate(ids) if qid not in record.answers]

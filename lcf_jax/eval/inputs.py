@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 
 from lcf_jax.data.qa import Question
+from lcf_jax.errors import ConfigError, ContextTooLongError
 from lcf_jax.eval.conditions import (
     MESSAGE_LABEL,
     Setup,
@@ -24,10 +25,6 @@ from lcf_jax.eval.conditions import (
 )
 
 log = logging.getLogger("lcf_jax.eval")
-
-
-class ContextTooLongError(ValueError):
-    """Questions whose prompts do not fit the models' positions (or the configured cap)."""
 
 
 def position_limit(setup: Setup, cap: int | None = None) -> int:
@@ -105,6 +102,6 @@ def check_adapter_fits(adapter, sharer, receiver, name: str = "the adapter") -> 
         if want != got:
             problems.append(f"its {role} has layers/kv heads/head dim {want}, the loaded {role} {got}")
     if problems:
-        raise ValueError(
+        raise ConfigError(
             f"{name} was trained for other models: {'; '.join(problems)}. Pass the --config it was trained with"
         )

@@ -17,6 +17,7 @@ import jax
 
 from lcf_jax import communicate
 from lcf_jax.data.qa import Question, sharer_spans
+from lcf_jax.errors import ConfigError
 from lcf_jax.eval import kv_share
 from lcf_jax.eval.condition import text_condition
 from lcf_jax.eval.prompts import (
@@ -209,7 +210,7 @@ def run_latency(
     mismatched message is question i+1's). With `record`, questions it has times for are not timed
     again and each new question's times are added to it."""
     if len(questions) < 2:
-        raise ValueError("latency needs at least 2 questions (one is another's mismatched source)")
+        raise ConfigError("latency needs at least 2 questions (one is another's mismatched source)")
     record = record or RunRecord(None, {})
     todo = [i for i, q in enumerate(questions) if q.id not in record.latency]
     bar = setup.progress_bar("latency", len(questions), done=len(questions) - len(todo), enabled=progress)

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from lcf_jax.data.qa import FACTS_HEADER, Question, receiver_messages
+from lcf_jax.errors import ConfigError
 from lcf_jax.models.model import Model
 from lcf_jax.sampling import chat_prompt
 
@@ -62,7 +63,7 @@ class SharerFirst:
 
 def sharer_first_segments(model: Model, q: Question) -> SharerFirst:
     if model.tokenizer is None:
-        raise ValueError("this model has no tokenizer; load it from a directory with tokenizer files or a GGUF file")
+        raise ConfigError("this model has no tokenizer; load it from a directory with tokenizer files or a GGUF file")
     messages = receiver_messages(q, [*q.sharer_context, *q.receiver_context])
     text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     start = text.index(FACTS_HEADER) + len(FACTS_HEADER)

@@ -26,15 +26,12 @@ import jax
 import numpy as np
 
 from lcf_jax.data.qa import Question
+from lcf_jax.errors import RunMismatchError
 
 RUN_FILE = "run.json"
 MESSAGES_FILE = "messages.jsonl"
 ANSWERS_FILE = "answers.jsonl"
 LATENCY_FILE = "latency.jsonl"
-
-
-class RunMismatchError(ValueError):
-    """The work directory holds an evaluation of something else."""
 
 
 def digest(values: Iterable[Any]) -> str:

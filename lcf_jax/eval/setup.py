@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from lcf_jax.adapters import Adapter
+from lcf_jax.errors import ConfigError
 from lcf_jax.eval.batching import default_budget
 from lcf_jax.eval.condition import Condition, kv_conditions, text_condition  # noqa: F401
 from lcf_jax.models.model import Model
@@ -54,14 +55,14 @@ class Setup:
         if self.kv is None:
             return kv_conditions() if same or self.kv_translator is not None else ()
         if self.kv and not same and self.kv_translator is None:
-            raise ValueError(
+            raise ConfigError(
                 "KV-message conditions need the sharer and the receiver to be one model (its cache "
                 "entries are only valid for itself) or a KV translator between them (kv_translator=; "
                 "`lcf train --config configs/kv_translator.py` trains one); pass the same Model as both, or kv=()"
             )
         partial = [c.name for c in self.kv if c.layer_fraction != 1.0]
         if partial and not same:
-            raise ValueError(f"{partial} send a fraction of the layers; through a translator every row sends them all")
+            raise ConfigError(f"{partial} send a fraction of the layers; through a translator every row sends them all")
         return tuple(self.kv)
 
     def token_budget(self) -> int:

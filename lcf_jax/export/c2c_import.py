@@ -39,7 +39,7 @@ from lcf_jax.adapters.adapter import Adapter
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.adapters.build import make_spec, model_config
 from lcf_jax.adapters.io import flat_params
-from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.errors import CheckpointError
 from lcf_jax.models.config import ModelConfig
 
 MAP_FILE = "projector_config.json"

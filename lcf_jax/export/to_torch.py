@@ -23,7 +23,7 @@ from lcf_jax.adapters import Adapter, AdapterSpec
 from lcf_jax.adapters.blocks import layer_map
 from lcf_jax.adapters.io import adapter_from_tensors, load_adapter, save_adapter
 from lcf_jax.config import load_config
-from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.errors import CheckpointError, ConfigError
 from lcf_jax.messages.translate import (
     KVTranslator,
     array_shapes,
@@ -100,7 +100,7 @@ def export_from_orbax(
 
 def _translator_dtype(dtype: str) -> None:
     if dtype != "float32":
-        raise ValueError(f"a KV translator is exported in float32 (it is small); --dtype {dtype} is for adapters")
+        raise ConfigError(f"a KV translator is exported in float32 (it is small); --dtype {dtype} is for adapters")
 
 
 def translator_from_orbax(location: OrbaxLocation, config: ml_collections.ConfigDict) -> KVTranslator:
@@ -147,7 +147,7 @@ def _orbax_config(location: OrbaxLocation, config: ConfigLike | None) -> ConfigL
         return saved
     if location.is_demo_run:
         return demo_config()
-    raise ValueError(
+    raise ConfigError(
         f"{location.checkpoints} holds Orbax checkpoints but no adapter/ and no config.json (the training run did "
         "not finish): the checkpoint stores parameters only, so pass the experiment config it was trained with "
         "(`lcf export --config configs/NAME.py[:ARG]`, or config= in Python)"
@@ -176,7 +176,7 @@ def export_adapter(
     if translator is not None:  # a KV translator: its files are what lcf_jax.torch.load_kv_translator reads
         _translator_dtype(dtype)
         if Path(out).resolve() == translator.resolve():
-            raise ValueError(f"--out {out} is the translator directory being exported: choose another directory")
+            raise ConfigError(f"--out {out} is the translator directory being exported: choose another directory")
         return save_translator(load_translator(translator), out)
     try:
         source, _ = adapter_dirs(root)
@@ -184,7 +184,7 @@ def export_adapter(
         source = None
     if source is not None:
         if Path(out).resolve() == source.resolve():
-            raise ValueError(f"--out {out} is the adapter directory being exported: choose another directory")
+            raise ConfigError(f"--out {out} is the adapter directory being exported: choose another directory")
         _warn_if_stale(source)
         return save_adapter(load_adapter(source), out, dtype=dtype)
     location = find_orbax(root)

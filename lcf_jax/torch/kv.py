@@ -34,7 +34,7 @@ from lcf_jax.adapter_format import (
     check_translator_config,
     read_json,
 )
-from lcf_jax.torch.adapter import AdapterFormatError
+from lcf_jax.errors import AdapterFormatError
 from lcf_jax.torch.generate import Runner, greedy_continue, left_pad, stop_token_ids
 from lcf_jax.torch.load import dtype_names, read_tensors
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.errors import CheckpointError
 from lcf_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
+from lcf_jax.errors import ConfigError
 from lcf_jax.kv import KVCache
 from lcf_jax.messages.translate import (
     TRANSLATOR_CONFIG,
@@ -89,7 +90,7 @@ def build_texts(config: ml_collections.ConfigDict, sharer: Model, split: str = "
             for _ in range(count)
         ]
     if sharer.tokenizer is None:
-        raise ValueError(f"data.kind={data.kind!r} needs models with a tokenizer; random models use 'synthetic'")
+        raise ConfigError(f"data.kind={data.kind!r} needs models with a tokenizer; random models use 'synthetic'")
     encode = functools.partial(sharer.tokenizer.encode, add_special_tokens=False)
     if data.kind == "split_qa":
         from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415 - only for this kind
@@ -99,7 +100,7 @@ def build_texts(config: ml_collections.ConfigDict, sharer: Model, split: str = "
     elif data.kind == "text_jsonl":
         texts = [encode(t) for t in read_texts(data.path, split, data.limit or None)]
     else:
-        raise ValueError(
+        raise ConfigError(
             f"unknown data.kind {data.kind!r} for a KV translator: 'split_qa', 'text_jsonl' or 'synthetic'"
         )
     return [t[: data.max_length] for t in texts if len(t) >= 2]
@@ -116,12 +117,12 @@ def read_texts(path: str, split: str, limit: int | None) -> list[str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+            raise ConfigError(f"{path}:{number}: not JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f'{path}:{number}: expected an object with a "text" string')
+            raise ConfigError(f'{path}:{number}: expected an object with a "text" string')
         texts.append(row["text"])
     if len(texts) < 2:
-        raise ValueError(f"{path} holds {len(texts)} texts: a translator needs at least 2 (one is held out)")
+        raise ConfigError(f"{path} holds {len(texts)} texts: a translator needs at least 2 (one is held out)")
     held = max(1, len(texts) // 10)
     chosen = texts[:-held] if split == "train" else texts[-held:]
     return chosen[:limit]
@@ -145,9 +146,9 @@ class TextBatches:
 
     def __post_init__(self):
         if len(self.texts) < self.batch_size:
-            raise ValueError(f"{len(self.texts)} texts cannot fill one batch of {self.batch_size}: raise data.count")
+            raise ConfigError(f"{len(self.texts)} texts cannot fill one batch of {self.batch_size}: raise data.count")
         if self.batch_size % self.process_count:
-            raise ValueError(f"batch {self.batch_size} does not split over {self.process_count} hosts")
+            raise ConfigError(f"batch {self.batch_size} does not split over {self.process_count} hosts")
 
     def __next__(self) -> tuple[np.ndarray, np.ndarray]:
         if self.position >= len(self.texts) // self.batch_size:
@@ -261,7 +262,7 @@ def initial_arrays(config, sharer: Model, receiver: Model, texts) -> tuple[tuple
         source = tuple(make_layer_map(options.layer_map, sharer.config.num_layers, receiver.config.num_layers))
         arrays = {n: np.zeros(s, np.float32) for n, s in array_shapes(sharer.config, receiver.config).items()}
     else:
-        raise ValueError(f"translator.init {options.init!r}: choose 'ridge' or 'zeros'")
+        raise ConfigError(f"translator.init {options.init!r}: choose 'ridge' or 'zeros'")
     if options.width:
         arrays |= init_trunk(sharer.config, receiver.config, options.width, seed=config.seed)
     return source, arrays
@@ -280,9 +281,9 @@ def train_translator(
     t = config.train
     sharer, receiver = models or build_models(config)
     if sharer is receiver:
-        raise ValueError("a KV translator maps between two different models: one model's entries need none")
+        raise ConfigError("a KV translator maps between two different models: one model's entries need none")
     if sharer.config.vocab_size != receiver.config.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"a KV translator needs models that share a tokenizer (positions are token positions); the sharer's "
             f"vocabulary has {sharer.config.vocab_size} ids, the receiver's {receiver.config.vocab_size}"
         )
