@@ -350,8 +350,5 @@ class Adapter(nnx.Module):
     # -- inspection --------------------------------------------------------------------------------
 
     def gate_logits(self) -> Array:
-        """`[N, 2]`: each kept layer's key and value gate logits."""
-        p = self.projectors
-        if self.spec.kind == "c2c":
-            return jnp.stack([p.key_gate_logit[...], p.value_gate_logit[...]], axis=-1)
-        return jnp.stack([p.k_gate_logit[...], p.v_gate_logit[...]], axis=-1)
+        """`[N, 2]`: each kept layer's key and value gate logits (each projector kind names its own)."""
+        return self.projectors.gate_logits()

@@ -58,6 +58,10 @@ class C2CProjector(nnx.Module):
         g = gate(getattr(self, f"{kind}_gate_logit")[...], (b, s, heads, 1), r_gate, temperature)
         return g * alpha[..., None] * delta.reshape(b, s, heads, head_dim)
 
+    def gate_logits(self) -> Array:
+        """`[..., 2]`: the key and value gate logits (a leading layer axis when stacked)."""
+        return jnp.stack([self.key_gate_logit[...], self.value_gate_logit[...]], axis=-1)
+
     def __call__(self, sk, sv, rk, rv, rng: Array | None = None, temperature=1.0) -> tuple[Array, Array]:
         """Residuals `[B, S, K_R, H_R]` for the receiver's keys and values from position-matched
         sharer `sk, sv` `[B, S, K_S, H_S]` and receiver `rk, rv`."""

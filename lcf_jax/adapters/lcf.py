@@ -56,6 +56,10 @@ class LCFProjector(nnx.Module):
         self.v_gate_logit = nnx.Param(jnp.full((), gate_init, jnp.float32))
         self.receiver_shape = (receiver_heads, receiver_head_dim)
 
+    def gate_logits(self) -> Array:
+        """`[..., 2]`: the key and value gate logits (a leading layer axis when stacked)."""
+        return jnp.stack([self.k_gate_logit[...], self.v_gate_logit[...]], axis=-1)
+
     def __call__(self, sk, sv, rk, rv, rng: Array | None = None, temperature=1.0) -> tuple[Array, Array]:
         """Residuals `[B, S, K_R, H_R]` for the receiver's keys and values. `sk, sv` `[B, S, K_S, H_S]`
         are the sharer's entries for each receiver position (position-matched, or LCF-X's summary
