@@ -72,12 +72,12 @@ from lcf_jax import (  # the public API (lcf_jax/__init__.py)
     generate_questions,
     load_adapter,
     receiver_prompt,
+    run_training,
     sharer_spans,
     sharer_text_prompt,
     stop_token_ids,
     time_question,
     token_f1,
-    train,
 )
 
 print("jax", jax.__version__, "on", jax.devices())
@@ -126,9 +126,9 @@ else:
     config.checkpoint.every = STEPS
     config.log_every = 1
     start = time.perf_counter()
-    summary = train(config, WORKDIR, models=(sharer, receiver))
+    summary = run_training(config, WORKDIR, models=(sharer, receiver))
     print(f"trained {STEPS} steps in {time.perf_counter() - start:.0f} s; final loss {summary['final'].get('loss')}")
-    adapter = load_adapter(Path(WORKDIR, "adapter"))  # train() saves the adapter in WORKDIR/adapter
+    adapter = load_adapter(Path(WORKDIR, "adapter"))  # run_training() saves the adapter in WORKDIR/adapter
 print(adapter.spec.describe())
 
 # %% [markdown]

@@ -20,7 +20,7 @@
 #
 # A short training run of the `lcf demo` recipe: an LCF-X adapter between two copies of
 # SmolLM2-135M-Instruct on generated split-context questions, through the public training API
-# (`lcf_jax.train` with an `ml_collections` config). The sizes follow the runtime this
+# (`lcf_jax.run_training` with an `ml_collections` config). The sizes follow the runtime this
 # notebook finds: choose *Runtime > Change runtime type* in Colab for a TPU or a GPU. The
 # training loss is then read back from the work directory's `metrics.jsonl`.
 
@@ -55,7 +55,7 @@ import jax
 import matplotlib.pyplot as plt
 
 import lcf_jax
-from lcf_jax import demo_config, train  # the public API (lcf_jax/__init__.py)
+from lcf_jax import demo_config, run_training  # the public API (lcf_jax/__init__.py)
 
 backend = jax.default_backend()  # "tpu", "gpu" or "cpu"
 devices = jax.devices()
@@ -123,7 +123,7 @@ print(model)
 
 # %%
 start = time.perf_counter()
-summary = train(config, WORKDIR, models=(model, model))
+summary = run_training(config, WORKDIR, models=(model, model))
 print(f"{summary['steps']} steps (resumed from {summary['resumed_from']}) in {time.perf_counter() - start:.0f} s")
 print("parameters:", summary["parameters"])
 print("final:", summary["final"])

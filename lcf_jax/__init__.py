@@ -35,7 +35,8 @@ _PUBLIC = {
     "save_adapter": "lcf_jax.adapters.io",
     "export_adapter": "lcf_jax.export",
     # training
-    "train": "lcf_jax.train.loop",
+    # `train` would be shadowed by the subpackage lcf_jax.train once that is imported
+    "run_training": "lcf_jax.train.loop:train",
     "load_config": "lcf_jax.config",
     "base_config": "lcf_jax.train.defaults",
     "demo_config": "lcf_jax.train.defaults",
@@ -88,6 +89,7 @@ __all__ = [
     "preset",
     "receiver_messages",
     "receiver_prompt",
+    "run_training",
     "save_adapter",
     "save_hf",
     "sharer_spans",
@@ -95,7 +97,6 @@ __all__ = [
     "stop_token_ids",
     "time_question",
     "token_f1",
-    "train",
 ]
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ if TYPE_CHECKING:
     from lcf_jax.models.model import Model
     from lcf_jax.sampling import Generation, generate, stop_token_ids
     from lcf_jax.train.defaults import base_config, demo_config
-    from lcf_jax.train.loop import train
+    from lcf_jax.train.loop import train as run_training
 
 
 def __getattr__(name: str):

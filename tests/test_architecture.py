@@ -87,3 +87,18 @@ def test_the_check_sees_an_upward_import(tmp_path):
         ("lcf_jax.adapters.build", ("_x",)),
     ]
     assert RANK["train"] > RANK["adapters"]
+
+
+def test_every_public_name_resolves_after_the_package_is_imported():
+    """A public name that shares a subpackage's name (e.g. `train`) would be shadowed by the
+    subpackage once something imports it: every name must stay the object the API promises."""
+    import importlib
+    import types
+
+    import lcf_jax
+
+    for f in sorted(PACKAGE.rglob("*.py")):
+        if part(module_name(f)) != "torch":
+            importlib.import_module(module_name(f))
+    modules = [n for n in lcf_jax.__all__ if isinstance(getattr(lcf_jax, n), types.ModuleType)]
+    assert not modules, f"public names that resolve to modules: {modules}"
