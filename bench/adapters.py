@@ -16,8 +16,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from common import report, timeit, tune_allocator
 from flax import nnx
-from harness import report, timeit
 
 from lcf_jax.adapters import build, count_params
 from lcf_jax.kv import KVCache
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--compute-dtypes", nargs="+", default=["float32", "bfloat16"], help="adapter matmul dtypes")
     args = parser.parse_args()
+    tune_allocator()  # the `lcf` command's allocator settings, before anything allocates (bench/common.py)
     t = args.tokens
 
     receiver = Model.random(preset("qwen3-0.6b"))

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import ROOT, markdown_table, report
+from common import ROOT, markdown_table, report, tune_allocator
 
 from lcf_jax.adapters import build
 from lcf_jax.adapters.io import save_adapter
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None, help="PNG of resident memory over time")
     args, extra = parser.parse_known_args()
+    tune_allocator()  # the `lcf` command's allocator settings, before anything allocates (bench/common.py)
     extra = [a for a in extra if a != "--"]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="eval-memory-"))
     workdir.mkdir(parents=True, exist_ok=True)

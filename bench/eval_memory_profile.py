@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 import jax
+from common import report, tune_allocator
 from eval_memory import MODEL, long_questions
-from harness import report
 
 from lcf_jax import communicate, sampling
 from lcf_jax.adapters import build
 from lcf_jax.demo import demo_config
 from lcf_jax.eval import answering, conditions, sharer
 from lcf_jax.loading import load_model
-from lcf_jax.runtime import compile_count, tune_cpu_allocator
+from lcf_jax.runtime import compile_count
 
 ROWS: list[dict] = []
 START = time.perf_counter()
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    tune_cpu_allocator()  # as `lcf` does
+    tune_allocator()  # as `lcf` does
     compile_count()
     model = load_model(MODEL)
     options = dict(demo_config().adapter.options)

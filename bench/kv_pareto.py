@@ -18,14 +18,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness import ROOT, environment, markdown_table
+from common import ROOT, environment, markdown_table, tune_allocator
 
 from lcf_jax.data.split_qa import generate_questions
-from lcf_jax.demo import MODEL, demo_config
 from lcf_jax.eval.condition import kv_condition, kv_conditions
 from lcf_jax.eval.conditions import Setup
 from lcf_jax.eval.run import evaluate
 from lcf_jax.loading import load_model
+from lcf_jax.train.defaults import MODEL, demo_config
 
 
 def pareto(rows: list[dict]) -> None:
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "kv_pareto.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "kv_pareto.png")
     args = parser.parse_args()
+    tune_allocator()  # the `lcf` command's allocator settings, before anything allocates (bench/common.py)
 
     config = demo_config()
     model = load_model(MODEL, dtype=config.model_dtype)

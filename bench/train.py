@@ -15,8 +15,8 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+from common import report, timeit, tune_allocator
 from flax import nnx
-from harness import report, timeit
 
 from lcf_jax import load_model
 from lcf_jax.adapters import Adapter, count_params, make_spec
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    tune_allocator()  # the `lcf` command's allocator settings, before anything allocates (bench/common.py)
 
     model = load_model("smollm2-135m")
     spec = make_spec(args.kind, model.config, model.config, latent_width=128, dropout=0.0)
