@@ -40,9 +40,9 @@ from lcf_jax.adapters import build
 from lcf_jax.adapters.io import save_adapter
 from lcf_jax.data.qa import Question, write_questions
 from lcf_jax.data.split_qa import generate_questions
-from lcf_jax.demo import demo_config
 from lcf_jax.loading import resolve_source
 from lcf_jax.loading.gguf import load_gguf_tokenizer
+from lcf_jax.train.defaults import demo_config
 from lcf_jax.train.workdir import ADAPTER_DIR, CONTROL_DIR
 
 MODEL = "smollm2-135m"

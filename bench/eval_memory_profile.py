@@ -24,10 +24,10 @@ from eval_memory import MODEL, long_questions
 
 from lcf_jax import communicate, sampling
 from lcf_jax.adapters import build
-from lcf_jax.demo import demo_config
 from lcf_jax.eval import answering, conditions, sharer
 from lcf_jax.loading import load_model
 from lcf_jax.runtime import compile_count
+from lcf_jax.train.defaults import demo_config
 
 ROWS: list[dict] = []
 START = time.perf_counter()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lcf_jax.demo import demo_config
+from lcf_jax.train.defaults import demo_config
 
 
 def get_config(arg: str = "64") -> ml_collections.ConfigDict:

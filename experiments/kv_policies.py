@@ -17,11 +17,11 @@ import argparse
 import time
 
 from lcf_jax.data.split_qa import generate_questions
-from lcf_jax.demo import MODEL, demo_config
 from lcf_jax.eval.condition import kv_conditions
 from lcf_jax.eval.conditions import Setup, run_answers
 from lcf_jax.eval.metrics import score
 from lcf_jax.loading import load_model
+from lcf_jax.train.defaults import MODEL, demo_config
 
 
 def main() -> None:

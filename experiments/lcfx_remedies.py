@@ -19,12 +19,12 @@ import ml_collections
 
 from lcf_jax.adapters.io import load_adapter
 from lcf_jax.data.split_qa import generate_questions
-from lcf_jax.demo import demo_config
 from lcf_jax.eval.conditions import Setup, run_answers
 from lcf_jax.eval.metrics import score
 from lcf_jax.eval.significance import paired_difference
 from lcf_jax.loading import load_model
 from lcf_jax.runtime import tune_cpu_allocator
+from lcf_jax.train.defaults import demo_config
 from lcf_jax.train.loop import ADAPTER_DIR, train
 from lcf_jax.train.workdir import CONTROL_DIR
 

@@ -502,7 +502,8 @@ def _eval_mcq(args: argparse.Namespace, config) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     _quiet_logs()
-    from lcf_jax.demo import demo, demo_config  # noqa: PLC0415
+    from lcf_jax.demo import demo  # noqa: PLC0415
+    from lcf_jax.train.defaults import demo_config  # noqa: PLC0415
 
     config = demo_config()
     if args.steps is not None:

@@ -43,9 +43,7 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_co
             apply_override(config, override)
         return config
     path_text, _, arg = str(spec).partition(":")
-    path = Path(path_text)
-    if not path.exists():
-        raise ConfigError(f"no config file at {path}")
+    path = find_config(path_text)
     module_spec = importlib.util.spec_from_file_location(f"lcf_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -56,6 +54,27 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_co
     for override in overrides:
         apply_override(config, override)
     return config
+
+
+# The shipped recipes (configs/ at the top of the repository, linked into the package as
+# lcf_jax/configs so that a pip-installed lcf_jax has them too).
+SHIPPED = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.py") if p.stem != "__init__")
+
+
+def find_config(path_text: str) -> Path:
+    """A config file: the path if it exists, else a shipped recipe named by it (`paper_lcfx`, or
+    `configs/paper_lcfx.py` outside a clone)."""
+    path = Path(path_text)
+    if path.exists():
+        return path
+    name = path.stem if path.suffix == ".py" and path.parent.name in ("configs", "") else path_text
+    if "/" not in name and (SHIPPED / f"{name}.py").exists():
+        return SHIPPED / f"{name}.py"
+    raise ConfigError(f"no config file at {path}; shipped configs (by name): {', '.join(shipped_configs())}")
 
 
 def _convert(text: str, current):

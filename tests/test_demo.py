@@ -7,7 +7,8 @@ import json
 
 from tiny_pair import tiny_text_models
 
-from lcf_jax.demo import demo, demo_config
+from lcf_jax.demo import demo
+from lcf_jax.train.defaults import demo_config
 
 
 def tiny_demo_config():

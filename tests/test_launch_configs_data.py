@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,31 @@ def test_split_context_question_jsonl(tmp_path, chat_tokenizer):
     path.write_text('{"id": 1, "question": "x"}\n')
     with pytest.raises(DataError, match=r"qa.jsonl:1: expected an object with id, question"):
         load_question_examples(path, chat_tokenizer)
+
+
+def test_shipped_configs_load_by_name_outside_a_clone(tmp_path, monkeypatch):
+    from lcf_jax.config import ConfigError, load_config
+
+    root = Path(__file__).resolve().parents[1]
+    here = load_config(str(root / "configs" / "paper_lcfx.py"))
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped copies answer
+    assert load_config("paper_lcfx").to_dict() == here.to_dict()
+    assert load_config("configs/tiny.py:lcfx").adapter.kind == "lcfx"
+    with pytest.raises(ConfigError, match="shipped configs \\(by name\\): c2c, kv_translator, paper_lcf"):
+        load_config("paper_lcfxx")
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_configs(tmp_path):
+    """`pip install lcf_jax` users get configs/ as lcf_jax/configs (a link in the source tree)."""
+    import shutil
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    skip = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache")
+    source = shutil.copytree(root, tmp_path / "src", symlinks=True, ignore=skip)  # builds leave build/ behind
+    command = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*command, "-w", str(tmp_path)], check=True, capture_output=True, timeout=600)
+    (wheel,) = tmp_path.glob("lcf_jax-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"lcf_jax/configs/{p.name}" for p in (root / "configs").glob("*.py")} <= names
