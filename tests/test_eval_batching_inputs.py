@@ -14,6 +14,7 @@ from tiny_pair import tiny_text_models
 
 from lcf_jax import cli, sampling
 from lcf_jax.adapters import build
+from lcf_jax.cli.evaluate import eval_config
 from lcf_jax.data.qa import Question
 from lcf_jax.eval import conditions as C
 from lcf_jax.eval.batching import cache_bytes_per_token, default_budget, token_batches
@@ -136,5 +137,5 @@ def test_the_config_comes_from_the_checkpoints_run(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"sharer": "random", "data": {"sharer_sees_question": True}}))
     args = cli.build_parser().parse_args(["eval", "--checkpoint", str(tmp_path), "--workdir", str(tmp_path)])
     args.config = None
-    config = cli._eval_config(args, tmp_path / "adapter")
+    config = eval_config(args, tmp_path / "adapter")
     assert config.sharer == "random" and config.data.sharer_sees_question is True

@@ -13,6 +13,7 @@ import pytest
 from tiny_pair import tiny_text_models
 
 from lcf_jax import cli
+from lcf_jax.cli.evaluate import check_translator_fits
 from lcf_jax.config import load_config
 from lcf_jax.messages.translate import fit_translator, load_translator
 from lcf_jax.models.model import Model
@@ -125,6 +126,6 @@ def test_bad_translator_input_is_one_clear_error(pair, tmp_path):
         train(text_config(data__kind="text_jsonl", data__path=str(bad)), tmp_path / "bad", progress=False, models=pair)
     translator, _ = fit_translator(sharer, receiver, [[5, 6, 7, 8]])
     with pytest.raises(ValueError, match="but the config's models are"):
-        cli.check_translator_fits(translator, receiver, sharer, "T")
+        check_translator_fits(translator, receiver, sharer, "T")
     with pytest.raises(ValueError, match="one model, which needs none"):
-        cli.check_translator_fits(translator, sharer, sharer, "T")
+        check_translator_fits(translator, sharer, sharer, "T")
