@@ -1,9 +1,11 @@
 """The device mesh `("data", "fsdp", "tensor")` and the one table that maps logical axis names to it.
 
 Code names axes logically (`batch`, `embed`, `mlp`, ...); `RULES` says which mesh axes each one is
-split over. A parameter's logical axes come from its path (`param_axes`), so the same jitted step
-runs unchanged from one CPU to a pod: only the mesh shape changes. A dimension that its mesh axes
-do not divide is replicated instead (and reported by `describe`), never padded.
+split over. A parameter's logical axes come from its path (`param_axes`, by the `PARAM_AXES` table),
+so the same jitted step runs unchanged from one CPU to a pod: only the mesh shape changes. A
+dimension that its mesh axes do not divide is replicated instead, never padded. A parameter that
+no rule names is an error (`ShardingError`), not silently replicated: on a pod a forgotten rule
+would put a full copy of a large tensor on every device.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lcf_jax.errors import ShardingError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -40,7 +44,8 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "scalar": None,
 }
 
-# parameter path regex -> logical axes, for decoders and adapters (first match wins)
+# parameter path regex -> logical axes, one per dimension, for decoders, adapters and the training
+# state around them (see `param_axes`; None replicates a dimension)
 PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"embed_tokens\.embedding", ("vocab", "embed")),
     (r"lm_head\.kernel", ("embed", "vocab")),
@@ -62,13 +67,13 @@ PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(projectors|pool)\..*gate_logit", ("layers",)),
     (r"pool\.q_base", ("layers", "kv_heads", "head_dim")),
     (r"pool\.q_layer", ("layers", None, "kv_heads", "head_dim")),
+    # LCF-X message_norm="standardize": [L, keys/values, slots, kv_heads, head_dim], like q_layer.
+    (r"pool\.norm_(shift|scale)", ("layers", None, None, "kv_heads", "head_dim")),
+    # Scalars of the training state (TrainState.step, optax's step counts): nothing to split.
+    (r"(step|count)", ()),
 )
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-_COMPILED = [(re.compile(p + "$"), axes) for p, axes in PARAM_AXES]
-
-
-class ShardingError(ValueError):
-    """A mesh or logical-axis layout that cannot work."""
+_COMPILED = [(re.compile(p), axes) for p, axes in PARAM_AXES]
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -119,11 +124,28 @@ def logical_spec(
 
 
 def param_axes(path: str, ndim: int) -> tuple[str | None, ...]:
-    """Logical axes of a parameter from its dotted path (unknown paths are replicated)."""
-    for regex, axes in _COMPILED:
-        if regex.match(path) and len(axes) == ndim:
-            return axes
-    return (None,) * ndim
+    """Logical axes of a parameter (or of a training-state leaf) from its dotted path: the
+    `PARAM_AXES` rules that match the whole path or, failing that, its longest dotted suffix that a
+    rule matches (optimizer states nest a parameter's own path under theirs:
+    `opt_state.1.0.mu.projectors.down.kernel`); the first of them of rank `ndim`. No rule, or none of
+    that rank: a `ShardingError` naming the path."""
+    names = path.split(".")
+    for start in range(len(names)):
+        suffix = ".".join(names[start:])
+        ranks = [axes for regex, axes in _COMPILED if regex.fullmatch(suffix)]
+        for axes in ranks:
+            if len(axes) == ndim:
+                return axes
+        if ranks:
+            raise ShardingError(
+                f"the sharding rules for {path!r} give {sorted({len(a) for a in ranks})} dimensions, it has {ndim}: "
+                "correct its entry in PARAM_AXES (lcf_jax/sharding.py) to one logical axis per dimension"
+            )
+    raise ShardingError(
+        f"no sharding rule for {path!r} ({ndim} dimensions): add a (path regex, logical axes) entry to "
+        "PARAM_AXES in lcf_jax/sharding.py, with one logical axis per dimension (a name from RULES splits "
+        'that dimension over the mesh, None keeps it whole), e.g. (r"pool\\.my_param", ("layers", None))'
+    )
 
 
 def _dotted(path) -> str:
@@ -132,19 +154,20 @@ def _dotted(path) -> str:
     return ".".join(names[:-1] if names and names[-1] == "value" else names)
 
 
+def param_sharding(path: str, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    """The NamedSharding of the parameter at dotted `path` ("layers.mlp.up_proj.kernel") of `shape`:
+    what `tree_shardings` gives it, and what `load_model(sharding=...)` takes per tensor."""
+    shape = tuple(shape)
+    return NamedSharding(mesh, logical_spec(param_axes(path, len(shape)), shape, mesh))
+
+
 def tree_shardings(tree: Any, mesh: Mesh) -> Any:
-    """NamedShardings for every array leaf of a parameter (or optimizer state) pytree, by path.
-    Optimizer moments have their parameter's path inside them, so they shard like it."""
-
-    def one(path, leaf):
-        shape = getattr(leaf, "shape", ())
-        dotted = _dotted(path)
-        # Strip optimizer wrappers so `opt_state.0.mu.projectors.down.kernel` matches its parameter.
-        match = re.search(r"(embed_tokens|lm_head|norm|layers|projectors|pool)\..*", dotted)
-        axes = param_axes(match.group(0) if match else dotted, len(shape))
-        return NamedSharding(mesh, logical_spec(axes, shape, mesh))
-
-    return jax.tree_util.tree_map_with_path(one, tree)
+    """NamedShardings for every array leaf of a parameter (or training state) pytree, by path.
+    Optimizer moments have their parameter's path inside them, so they shard like it. Raises a
+    `ShardingError` naming a leaf that no rule covers."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: param_sharding(_dotted(path), getattr(leaf, "shape", ()), mesh), tree
+    )
 
 
 def describe(mesh: Mesh) -> str:

@@ -1,5 +1,7 @@
-"""The training loop: models, adapter, mesh and shardings from a config; resume from the work
-directory; the jitted step; progress, logs (JSONL + TensorBoard), checkpoints and a final summary.
+"""The training loop: `prepare` builds the mesh, the models (loaded straight onto their shardings),
+adapter, optimizer, data and checkpointer from a config, and the state (resumed from the work
+directory, or fresh); `run` steps it (the jitted step), with progress, logs (JSONL + TensorBoard),
+checkpoints and the final files. `train` is the two.
 
 Only process 0 logs and writes files other than checkpoints (Orbax coordinates those itself).
 """
@@ -7,6 +9,7 @@ Only process 0 logs and writes files other than checkpoints (Orbax coordinates t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -16,8 +19,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
 from lcf_jax.adapters import Adapter, AdapterSpec, make_spec
 from lcf_jax.adapters.io import save_adapter
@@ -27,11 +31,12 @@ from lcf_jax.data.examples import Example
 from lcf_jax.data.pipeline import BatchIterator
 from lcf_jax.data.qa import load_question_examples, question_example
 from lcf_jax.data.synthetic import copy_task, sharer_only_task
-from lcf_jax.loading import load_model
+from lcf_jax.errors import ConfigError
+from lcf_jax.loading import load_model, place
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.model import Model
 from lcf_jax.progress import Progress
-from lcf_jax.sharding import describe, logical_spec, make_mesh, tree_shardings
+from lcf_jax.sharding import describe, logical_spec, make_mesh, param_sharding, tree_shardings
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import (
     StepConfig,
@@ -46,26 +51,30 @@ from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR, CONTROL_DIR
 log = logging.getLogger("lcf_jax.train")
 
 
-def build_model(config: ml_collections.ConfigDict, role: str) -> Model:
-    """`config.<role>` is a load_model source, or "random" with `config.<role>_arch` (tests)."""
+def build_model(config: ml_collections.ConfigDict, role: str, mesh: Mesh | None = None) -> Model:
+    """`config.<role>` is a load_model source, or "random" with `config.<role>_arch` (tests). With a
+    `mesh`, a checkpoint loads straight onto its parameters' shardings there (`param_sharding`, as
+    `tree_shardings` gives them), each host materialising only its shards; a random model is made
+    whole on the default device either way."""
     source = config[role]
     if source == "random":
         return Model.random(
             _random_arch(config, role), dtype=config.model_dtype, seed=config.seed + 1 + (role == "receiver")
         )
-    return load_model(source, dtype=config.model_dtype)
+    sharding = None if mesh is None else functools.partial(param_sharding, mesh=mesh)
+    return load_model(source, dtype=config.model_dtype, sharding=sharding)
 
 
 def _random_arch(config: ml_collections.ConfigDict, role: str) -> ModelConfig:
     return ModelConfig(**config[f"{role}_arch"])
 
 
-def build_models(config: ml_collections.ConfigDict) -> tuple[Model, Model]:
-    """The config's sharer and receiver, loaded once when they are the same model (two "random"
-    models differ: each has its own architecture and seed)."""
-    sharer = build_model(config, "sharer")
+def build_models(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> tuple[Model, Model]:
+    """The config's sharer and receiver (`build_model`), loaded once when they are the same model
+    (two "random" models differ: each has its own architecture and seed)."""
+    sharer = build_model(config, "sharer", mesh)
     same = config.receiver == config.sharer != "random"
-    return sharer, sharer if same else build_model(config, "receiver")
+    return sharer, sharer if same else build_model(config, "receiver", mesh)
 
 
 def model_configs(config: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig]:
@@ -81,7 +90,7 @@ def adapter_spec(config: ml_collections.ConfigDict, sharer: ModelConfig, receive
     try:
         return make_spec(config.adapter.kind, sharer, receiver, **dict(config.adapter.options))
     except TypeError as e:  # an adapter.options key make_spec does not take
-        raise ValueError(
+        raise ConfigError(
             f"bad adapter.options in the config: {e}; see lcf_jax.adapters.build for the options"
         ) from None
 
@@ -90,7 +99,7 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
     data = config.data
     teacher = config.train.get("distill_weight", 0.0) > 0  # distillation reads full-context prompts
     if teacher and data.kind not in ("qa_jsonl", "split_qa"):
-        raise ValueError(
+        raise ConfigError(
             f"train.distill_weight needs question data with both halves of the context (data.kind 'qa_jsonl' or "
             f"'split_qa'), not {data.kind!r}: set train.distill_weight=0"
         )
@@ -106,13 +115,13 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
         return sharer_only_task(data.count, vocab=receiver.config.vocab_size, seed=data.seed)
     if data.kind == "jsonl":
         if receiver.tokenizer is None:
-            raise ValueError("data.kind='jsonl' needs a receiver with a tokenizer (its chat template)")
+            raise ConfigError("data.kind='jsonl' needs a receiver with a tokenizer (its chat template)")
         return load_chat_examples(
             data.path, receiver.tokenizer, sharer.tokenizer, max_length=data.max_length, limit=data.limit or None
         )
     if data.kind == "qa_jsonl":
         if receiver.tokenizer is None:
-            raise ValueError("data.kind='qa_jsonl' needs a receiver with a tokenizer (its chat template)")
+            raise ConfigError("data.kind='qa_jsonl' needs a receiver with a tokenizer (its chat template)")
         return load_question_examples(
             data.path,
             receiver.tokenizer,
@@ -124,7 +133,7 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
         )
     if data.kind == "split_qa":
         if receiver.tokenizer is None:
-            raise ValueError("data.kind='split_qa' needs a receiver with a tokenizer (its chat template)")
+            raise ConfigError("data.kind='split_qa' needs a receiver with a tokenizer (its chat template)")
         # Imported here: the generator is only needed for this data kind.
         from lcf_jax.data.split_qa import generate_questions  # noqa: PLC0415
 
@@ -141,14 +150,14 @@ def build_examples(config: ml_collections.ConfigDict, sharer: Model, receiver: M
             )
             for q in questions
         ]
-    raise ValueError(
+    raise ConfigError(
         f"unknown data.kind {data.kind!r}; choose 'synthetic', 'sharer_only', 'jsonl' (chat), 'qa_jsonl' or 'split_qa'"
     )
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Place a host array that every process holds in full onto a (possibly multi-host) sharding."""
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+    return place(array, sharding)
 
 
 def put_batch(batch: Batch, mesh, process_count: int) -> Batch:
@@ -209,30 +218,56 @@ def train(
         from lcf_jax.train.translator import train_translator  # noqa: PLC0415 - it imports this module
 
         return train_translator(config, workdir, progress=progress, models=models)
+    return run(prepare(config, workdir, models=models), progress=progress)
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """Everything a training run needs, from `prepare`: the mesh, the frozen models and their
+    parameters on it, the adapter, the optimizer, the data, the checkpointer, and the state to start
+    from (restored from the work directory, or fresh). `run` steps it (and replaces `state`)."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    primary: bool  # process 0: it logs and writes the files other than checkpoints
+    mesh: Mesh
+    sharer: Model
+    receiver: Model
+    frozen: tuple[Any, Any]  # the sharer's and receiver's parameters on the mesh
+    frozen_shardings: tuple[Any, Any]
+    spec: AdapterSpec
+    graphdef: nnx.GraphDef  # the adapter's
+    optimizer: optax.GradientTransformation
+    state: TrainState
+    state_shardings: Any
+    iterator: BatchIterator
+    checkpointer: Checkpointer
+    start: int  # the step `state` is at
+    with_control: bool
+
+
+def prepare(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, models: tuple[Model, Model] | None = None
+) -> TrainSetup:
+    """Set up the training the config describes (`TrainSetup`): the models load straight onto
+    their shardings (`models`, already loaded, are placed there); the state is the work directory's
+    newest readable checkpoint, or a fresh one (LCF-X message standardisation calibrated on the first
+    batch)."""
     workdir = Path(workdir)
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    t = config.train
+    with_control = bool(config.adapter.with_control)
+    if with_control and (config.adapter.kind != "lcfx" or config.adapter.receiver_only):  # before loading
+        raise ConfigError(
+            "adapter.with_control trains the LCF-X receiver-only control alongside an LCF-X adapter: it needs "
+            f"adapter.kind='lcfx' (got {config.adapter.kind!r}) and adapter.receiver_only=False"
+        )
     devices = jax.devices()[: config.mesh.num_devices] if config.mesh.num_devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
-    sharer, receiver = models or (build_model(config, "sharer"), build_model(config, "receiver"))
+    sharer, receiver = models or build_models(config, mesh)
     spec = adapter_spec(config, sharer.config, receiver.config)
-    optimizer = make_optimizer(
-        learning_rate=t.learning_rate,
-        steps=t.steps,
-        warmup_fraction=t.warmup_fraction,
-        weight_decay=t.weight_decay,
-        clip=t.clip,
-        pool_lr_scale=t.get("pool_lr_scale", 1.0),  # configs saved before the option lack it
-    )
-
-    with_control = bool(config.adapter.with_control)
-    if with_control and (spec.kind != "lcfx" or config.adapter.receiver_only):
-        raise ValueError(
-            "adapter.with_control trains the LCF-X receiver-only control alongside an LCF-X adapter: it needs "
-            f"adapter.kind='lcfx' (got {spec.kind!r}) and adapter.receiver_only=False"
-        )
+    optimizer = build_optimizer(config.train)
 
     def fresh_state() -> TrainState:
         adapter_state = nnx.state(Adapter(spec, rngs=nnx.Rngs(config.seed)), nnx.Param)
@@ -241,13 +276,11 @@ def train(
     abstract = jax.eval_shape(fresh_state)
     state_shardings = tree_shardings(abstract, mesh)
     frozen_shardings = (tree_shardings(sharer.params, mesh), tree_shardings(receiver.params, mesh))
-    frozen = jax.tree.map(lambda x, s: put_global(np.asarray(x), s), (sharer.params, receiver.params), frozen_shardings)
+    frozen = jax.tree.map(placed, (sharer.params, receiver.params), frozen_shardings)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0))))
-
-    examples = build_examples(config, sharer, receiver)
     iterator = BatchIterator(
-        examples,
-        t.batch_size,
+        build_examples(config, sharer, receiver),
+        config.train.batch_size,
         seed=config.seed,
         bucket=config.data.bucket,
         pad_id=receiver.config.pad_token_id or 0,
@@ -268,54 +301,76 @@ def train(
     else:
         state, data_state = restored
         iterator.set_state(data_state)
-    start = int(jax.device_get(state.step))
-
-    step_config = StepConfig(
-        num_spans=config.adapter.num_spans,
-        tau_initial=t.tau_initial,
-        tau_final=t.tau_final,
-        anneal_steps=t.anneal_steps,
-        seed=config.seed,
-        receiver_only=config.adapter.receiver_only,
+    return TrainSetup(
+        config=config,
+        workdir=workdir,
+        primary=primary,
+        mesh=mesh,
+        sharer=sharer,
+        receiver=receiver,
+        frozen=frozen,
+        frozen_shardings=frozen_shardings,
+        spec=spec,
+        graphdef=graphdef,
+        optimizer=optimizer,
+        state=state,
+        state_shardings=state_shardings,
+        iterator=iterator,
+        checkpointer=checkpointer,
+        start=int(jax.device_get(state.step)),
         with_control=with_control,
-        bypass_weight=t.get("bypass_weight", 0.0),
-        bypass_margin=t.get("bypass_margin", 0.5),
-        distill_weight=t.get("distill_weight", 0.0),
     )
+
+
+def build_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of the config's `train` section."""
+    return make_optimizer(
+        learning_rate=t.learning_rate,
+        steps=t.steps,
+        warmup_fraction=t.warmup_fraction,
+        weight_decay=t.weight_decay,
+        clip=t.clip,
+        pool_lr_scale=t.get("pool_lr_scale", 1.0),  # configs saved before the option lack it
+    )
+
+
+def placed(array, sharding: NamedSharding) -> jax.Array:
+    """`array` on `sharding`: as it is when it is there already (a model loaded onto its shardings),
+    else placed from a host copy (`put_global`)."""
+    if isinstance(array, jax.Array) and array.sharding == sharding:
+        return array
+    return put_global(np.asarray(array), sharding)
+
+
+def run(setup: TrainSetup, *, progress: bool = True) -> dict[str, Any]:
+    """Train from `setup.state` to `train.steps`: step, log (metrics.jsonl, TensorBoard, progress),
+    checkpoint, then write the adapter(s), summary.json and config.json; returns the summary."""
+    config, t, mesh, iterator = setup.config, setup.config.train, setup.mesh, setup.iterator
     step_fn = jax.jit(
-        make_train_step(graphdef, sharer, receiver, optimizer, step_config),
-        in_shardings=(state_shardings, frozen_shardings, None),
-        out_shardings=(state_shardings, None),
+        make_train_step(setup.graphdef, setup.sharer, setup.receiver, setup.optimizer, step_config(config)),
+        in_shardings=(setup.state_shardings, setup.frozen_shardings, None),
+        out_shardings=(setup.state_shardings, None),
         donate_argnums=(0,),
     )
-    metrics_log = MetricsLog(workdir, primary)
-    counts = {"sharer": sharer.num_params(), "receiver": receiver.num_params(), "adapter": count_params_state(state)}
-    if primary:
-        log.info("%s; %s", describe(mesh), spec.describe())
-        log.info(
-            "parameters: sharer %s, receiver %s, adapter %s (trainable)",
-            *(f"{counts[k]:,}" for k in ("sharer", "receiver", "adapter")),
-        )
-        metrics_log.write(
-            {
-                "event": "start" if start == 0 else "resume",
-                "from_step": start,
-                "parameters": counts,
-                "mesh": dict(mesh.shape),
-                "processes": jax.process_count(),
-            }
-        )
-
-    bar = Progress("train", t.steps, unit="steps", mode="auto" if progress and primary else "off", done=start)
-    with bar:
+    metrics_log = MetricsLog(setup.workdir, setup.primary)
+    counts = {
+        "sharer": setup.sharer.num_params(),
+        "receiver": setup.receiver.num_params(),
+        "adapter": count_params_state(setup.state),
+    }
+    if setup.primary:
+        _log_start(setup, counts, metrics_log)
+    mode = "auto" if progress and setup.primary else "off"
+    state, metrics, shown = setup.state, {}, ""
+    with Progress("train", t.steps, unit="steps", mode=mode, done=setup.start) as bar:
         last_time, tokens = time.perf_counter(), 0
-        metrics, shown = {}, ""
-        for step in range(start, t.steps):
+        for step in range(setup.start, t.steps):
             local = next(iterator)
             tokens += local.num_tokens * jax.process_count()
             batch = put_batch(local.micro_batches(t.micro_batches), mesh, jax.process_count())
-            state, metrics = step_fn(state, frozen, batch)
-            checkpointer.save(step + 1, state, iterator.get_state())
+            state, metrics = step_fn(state, setup.frozen, batch)
+            setup.state = state
+            setup.checkpointer.save(step + 1, state, iterator.get_state())
             if (step + 1) % config.log_every == 0 or step + 1 == t.steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
@@ -323,27 +378,68 @@ def train(
                 last_time, tokens = now, 0
                 metrics_log.write({"step": step + 1, **values})
                 shown = f"loss {values['loss']:.4f}, {values['tokens_per_second']:.0f} tokens/s"
-                if with_control:
+                if setup.with_control:
                     shown += f", control loss {values['control_loss']:.4f}"
             bar.update(1, shown)
-    if checkpointer.latest_step() != t.steps:
-        checkpointer.save(t.steps, state, iterator.get_state(), force=True)
+    return _finish(setup, metrics, counts, metrics_log)
+
+
+def step_config(config: ml_collections.ConfigDict) -> StepConfig:
+    t = config.train
+    return StepConfig(
+        num_spans=config.adapter.num_spans,
+        tau_initial=t.tau_initial,
+        tau_final=t.tau_final,
+        anneal_steps=t.anneal_steps,
+        seed=config.seed,
+        receiver_only=config.adapter.receiver_only,
+        with_control=bool(config.adapter.with_control),
+        bypass_weight=t.get("bypass_weight", 0.0),
+        bypass_margin=t.get("bypass_margin", 0.5),
+        distill_weight=t.get("distill_weight", 0.0),
+    )
+
+
+def _log_start(setup: TrainSetup, counts: dict[str, int], metrics_log: MetricsLog) -> None:
+    log.info("%s; %s", describe(setup.mesh), setup.spec.describe())
+    log.info(
+        "parameters: sharer %s, receiver %s, adapter %s (trainable)",
+        *(f"{counts[k]:,}" for k in ("sharer", "receiver", "adapter")),
+    )
+    metrics_log.write(
+        {
+            "event": "start" if setup.start == 0 else "resume",
+            "from_step": setup.start,
+            "parameters": counts,
+            "mesh": dict(setup.mesh.shape),
+            "processes": jax.process_count(),
+        }
+    )
+
+
+def _finish(setup: TrainSetup, metrics, counts: dict[str, int], metrics_log: MetricsLog) -> dict[str, Any]:
+    """The last checkpoint (when the loop's schedule did not write it), then, from process 0, the
+    trained adapter(s), the end record, summary.json and config.json."""
+    steps, state, checkpointer = setup.config.train.steps, setup.state, setup.checkpointer
+    if checkpointer.latest_step() != steps:
+        checkpointer.save(steps, state, setup.iterator.get_state(), force=True)
     checkpointer.wait()
     checkpointer.close()
     summary = {
-        "steps": t.steps,
-        "resumed_from": start,
+        "steps": steps,
+        "resumed_from": setup.start,
         "parameters": counts,
         "final": {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {},
     }
-    if primary:
+    if setup.primary:
         # The trained adapter as safetensors + adapter_config.json: what `lcf eval` and export read.
-        save_adapter(nnx.merge(graphdef, jax.device_get(state.params)), workdir / ADAPTER_DIR)
-        if with_control:
-            save_adapter(nnx.merge(graphdef, jax.device_get(state.control["params"])), workdir / CONTROL_DIR)
+        save_adapter(nnx.merge(setup.graphdef, jax.device_get(state.params)), setup.workdir / ADAPTER_DIR)
+        if setup.with_control:
+            control = nnx.merge(setup.graphdef, jax.device_get(state.control["params"]))
+            save_adapter(control, setup.workdir / CONTROL_DIR)
         metrics_log.write({"event": "end", **summary})
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        (setup.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (setup.workdir / "config.json").write_text(setup.config.to_json_best_effort(indent=2) + "\n")
     metrics_log.close()
     return summary
 
