@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from lcf_jax.loading.keymap import CheckpointError, hf_to_flat
-from lcf_jax.models.config import FAMILIES, ModelConfig, RopeScaling, UnsupportedArchitectureError
+from lcf_jax.errors import CheckpointError, UnsupportedArchitectureError
+from lcf_jax.loading.keymap import hf_to_flat
+from lcf_jax.models.config import FAMILIES, ModelConfig, RopeScaling
 
 # GGUF tensor name -> transformers name; `{i}` is the layer index.
 _NAMES = {

@@ -22,7 +22,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from lcf_jax.adapter_format import is_int
-from lcf_jax.loading.keymap import CheckpointError, flat_to_hf, hf_to_flat
+from lcf_jax.errors import CheckpointError
+from lcf_jax.loading.keymap import flat_to_hf, hf_to_flat
 from lcf_jax.models.config import ModelConfig, from_hf_config, to_hf_config
 
 log = logging.getLogger(__name__)
