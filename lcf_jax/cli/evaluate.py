@@ -132,6 +132,13 @@ def add_parser(sub) -> None:
             "lcf eval --config configs/paper_lcf.py --checkpoint RUN --mcq mmlu_redux.jsonl --workdir mcq-out",
         ),
     )
+    _input_flags(evaluate)
+    _run_flags(evaluate)
+    evaluate.set_defaults(run=run)
+
+
+def _input_flags(evaluate) -> None:
+    """What is evaluated: models and adapters, questions."""
     evaluate.add_argument(
         "--config",
         default=None,
@@ -183,6 +190,10 @@ def add_parser(sub) -> None:
         default=5,
         help="questions timed one at a time for time to first token; 0 skips timing (default: 5)",
     )
+
+
+def _run_flags(evaluate) -> None:
+    """How: batching, memory, timing, output."""
     evaluate.add_argument("--batch-size", type=int, default=32, help="the most questions in a batch (default: 32)")
     evaluate.add_argument(
         "--batch-tokens",
@@ -221,7 +232,6 @@ def add_parser(sub) -> None:
         default=30.0,
         help="seconds between progress lines when the output is not a terminal (default: 30)",
     )
-    evaluate.set_defaults(run=run)
 
 
 def kv_translator(path: str):
