@@ -41,9 +41,10 @@ ADAPTER_FIELDS = {
 # Fields an adapter cannot be built without; the others have defaults (files older than the field).
 ADAPTER_REQUIRED = ("kind", "sharer", "receiver", "layers", "source_layers", "latent_width", "hidden_width",
                     "activation")  # fmt: skip
-# The values a string field may take: the options `lcf_jax.adapters.build` accepts.
+# The values a string field may take: the options `lcf_jax.adapters.build` accepts; layer_map also
+# "custom", the label of a map given layer by layer (`source_layers`: C2C imports write it).
 ADAPTER_CHOICES = {
-    "kind": KINDS, "layer_map": ("last_aligned", "k_nearest"), "activation": ("gelu", "relu", "silu"),
+    "kind": KINDS, "layer_map": ("last_aligned", "k_nearest", "custom"), "activation": ("gelu", "relu", "silu"),
     "message_injection": ("broadcast", "prefix"), "compute_dtype": ("float32", "bfloat16"),
     "up_init": ("lecun", "zeros"), "gate_inference": ("hard", "soft"), "slot_query_init": ("zeros", "normal"),
     "message_norm": ("none", "standardize"),

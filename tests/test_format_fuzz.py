@@ -510,5 +510,5 @@ def test_the_format_tables_list_exactly_the_fields_of_the_code():
     assert set(adapter_format.ADAPTER_REQUIRED) >= names(AdapterSpec) - SPEC_DEFAULTS
     choices = adapter_format.ADAPTER_CHOICES
     assert set(choices["activation"]) == set(ACTIVATIONS) == set(TORCH_ACTIVATIONS)
-    assert choices["layer_map"] == LAYER_MAPS and choices["compute_dtype"] == COMPUTE_DTYPES
+    assert choices["layer_map"] == (*LAYER_MAPS, "custom") and choices["compute_dtype"] == COMPUTE_DTYPES
     assert choices["kind"] == adapter_format.KINDS and set(CHOICE_FIELDS) == set(choices)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import jax
-import numpy as np
 from flax import nnx
 
 from lcf_jax.adapters.adapter import KINDS, Adapter, AdapterSpec
@@ -14,6 +12,7 @@ from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.errors import ConfigError
 from lcf_jax.models import preset
 from lcf_jax.models.config import ModelConfig
+from lcf_jax.trees import num_params
 
 
 def model_config(model) -> ModelConfig:
@@ -127,7 +126,7 @@ def build(kind: str, sharer, receiver, *, seed: int = 0, abstract: bool = False,
 
 def count_params(adapter: nnx.Module) -> int:
     """Trainable parameters of an adapter, real or abstract."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(adapter, nnx.Param)))
+    return num_params(nnx.state(adapter, nnx.Param))
 
 
 def size_mb(adapter: nnx.Module, bytes_per_param: int = 2) -> float:

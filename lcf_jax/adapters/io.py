@@ -42,6 +42,7 @@ from lcf_jax.adapters.adapter import Adapter, AdapterSpec
 from lcf_jax.errors import CheckpointError
 from lcf_jax.loading.safetensors import SafetensorsReader
 from lcf_jax.models.config import ModelConfig, RopeScaling
+from lcf_jax.trees import dotted, flat_arrays
 from lcf_jax.version import __version__
 
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -88,7 +89,7 @@ def spec_from_json(data: Any, where: str | os.PathLike = CONFIG_FILE) -> Adapter
 
 
 def flat_params(adapter: Adapter) -> dict[str, jax.Array]:
-    return {".".join(map(str, path)): v.get_value() for path, v in nnx.to_flat_state(nnx.state(adapter, nnx.Param))}
+    return flat_arrays(nnx.state(adapter, nnx.Param))
 
 
 def save_adapter(adapter: Adapter, directory: str | os.PathLike, *, dtype: str = "float32") -> Path:
@@ -167,9 +168,7 @@ def adapter_from_tensors(
     flat = nnx.to_flat_state(state)
     filled = nnx.from_flat_state(
         [
-            (path, v.replace(jnp.asarray(read(".".join(map(str, path))), jnp.float32)))
-            if isinstance(v, nnx.Param)
-            else (path, v)
+            (path, v.replace(jnp.asarray(read(dotted(path)), jnp.float32))) if isinstance(v, nnx.Param) else (path, v)
             for path, v in flat
         ]
     )

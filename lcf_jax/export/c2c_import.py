@@ -41,6 +41,7 @@ from lcf_jax.adapters.build import make_spec, model_config
 from lcf_jax.adapters.io import flat_params
 from lcf_jax.errors import CheckpointError
 from lcf_jax.models.config import ModelConfig
+from lcf_jax.trees import dotted
 
 MAP_FILE = "projector_config.json"
 PROJECTOR_CLASS = "C2CProjector"
@@ -298,7 +299,7 @@ def import_c2c(directory: str | os.PathLike, sharer, receiver, *, compute_dtype:
     filled = []
     for path, v in nnx.to_flat_state(state):
         if isinstance(v, nnx.Param):
-            key = ".".join(map(str, path))[len(prefix) :]
+            key = dotted(path)[len(prefix) :]
             v = v.replace(jnp.asarray(np.stack([arrays[p][key] for p in order]), jnp.float32))
         filled.append((path, v))
     return nnx.merge(graphdef, nnx.from_flat_state(filled))

@@ -18,6 +18,7 @@ from flax import nnx
 from lcf_jax.kv import KVCache
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.transformer import Transformer
+from lcf_jax.trees import dotted, flat_arrays, num_params
 from lcf_jax.typing import Array, DType
 
 
@@ -41,18 +42,16 @@ def abstract_transformer(
 
 def flat_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
     """`{"layers.self_attn.q_proj.kernel": shape, ...}` for every parameter of a state."""
-    return {".".join(map(str, path)): tuple(v.get_value().shape) for path, v in nnx.to_flat_state(state)}
+    return {dotted(path): tuple(v.get_value().shape) for path, v in nnx.to_flat_state(state)}
 
 
 def state_from_flat(abstract: nnx.State, flat: dict[str, Any]) -> nnx.State:
     """Fill an abstract state with arrays keyed by dotted module path."""
-    return nnx.from_flat_state(
-        [(path, v.replace(flat[".".join(map(str, path))])) for path, v in nnx.to_flat_state(abstract)]
-    )
+    return nnx.from_flat_state([(path, v.replace(flat[dotted(path)])) for path, v in nnx.to_flat_state(abstract)])
 
 
 def flat_from_state(state: nnx.State) -> dict[str, Array]:
-    return {".".join(map(str, path)): v.get_value() for path, v in nnx.to_flat_state(state)}
+    return flat_arrays(state)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "last_only", "attention_mass"))
@@ -124,7 +123,7 @@ class Model:
         return nnx.merge(self.graphdef, self.params)
 
     def num_params(self) -> int:
-        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
+        return num_params(self.params)
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         return KVCache.init(self.config, batch, capacity, self.dtype)

@@ -47,6 +47,7 @@ from lcf_jax.train.step import (
     make_train_step,
 )
 from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR, CONTROL_DIR
+from lcf_jax.trees import num_params
 
 log = logging.getLogger("lcf_jax.train")
 
@@ -460,4 +461,4 @@ def _calibrated(state, graphdef, models, frozen, iterator, mesh, config, state_s
 
 
 def count_params_state(state: TrainState) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    return num_params(state.params)

@@ -61,6 +61,7 @@ from lcf_jax.sizes import round_up
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import TrainState, make_optimizer
 from lcf_jax.train.workdir import CHECKPOINTS_DIR
+from lcf_jax.trees import num_params
 
 log = logging.getLogger("lcf_jax.train")
 
@@ -333,7 +334,7 @@ def train_translator(
 
     step_fn = jax.jit(step, donate_argnums=(0,))
     metrics_log = MetricsLog(workdir, primary)
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    count = num_params(state.params)
     if primary:
         log.info("KV translator %s -> %s: %d receiver layers reading sharer layers %s; %s parameters",
                  sharer.config.family, receiver.config.family, len(source), list(source), f"{count:,}")  # fmt: skip
