@@ -269,6 +269,45 @@ def initial_arrays(config, sharer: Model, receiver: Model, texts) -> tuple[tuple
     return source, arrays
 
 
+def check_pair(sharer, receiver) -> None:
+    """A translator maps between two different models that share a tokenizer."""
+    if sharer is receiver:
+        raise ConfigError("a KV translator maps between two different models: one model's entries need none")
+    if sharer.config.vocab_size != receiver.config.vocab_size:
+        raise ConfigError(
+            f"a KV translator needs models that share a tokenizer (positions are token positions); the sharer's "
+            f"vocabulary has {sharer.config.vocab_size} ids, the receiver's {receiver.config.vocab_size}"
+        )
+
+
+def _finish(config, workdir: Path, state, iterator, checkpointer, models, source, start: int, metrics) -> dict:
+    """The last checkpoint, the translator and its held-out error, summary.json and config.json."""
+    sharer, receiver = models
+    t = config.train
+    if checkpointer.latest_step() != t.steps:
+        checkpointer.save(t.steps, state, iterator.get_state(), force=True)
+    checkpointer.wait()
+    checkpointer.close()
+    translator = KVTranslator(
+        sharer.config, receiver.config, source, {k: np.asarray(v) for k, v in jax.device_get(state.params).items()}
+    )
+    held_out = relative_mse(translator, sharer, receiver, build_texts(config, sharer, "test")[:16])
+    summary = {
+        "kind": KIND,
+        "steps": t.steps,
+        "resumed_from": start,
+        "parameters": {"translator": num_params(state.params)},
+        "source_layers": list(source),
+        "final": {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {},
+        "held_out": held_out,
+    }
+    if jax.process_index() == 0:
+        save_translator(translator, workdir / TRANSLATOR_DIR)
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    return summary
+
+
 def train_translator(
     config: ml_collections.ConfigDict, workdir: str | Path, *, progress: bool = True, models=None
 ) -> dict[str, Any]:
@@ -281,13 +320,7 @@ def train_translator(
         workdir.mkdir(parents=True, exist_ok=True)
     t = config.train
     sharer, receiver = models or build_models(config)
-    if sharer is receiver:
-        raise ConfigError("a KV translator maps between two different models: one model's entries need none")
-    if sharer.config.vocab_size != receiver.config.vocab_size:
-        raise ConfigError(
-            f"a KV translator needs models that share a tokenizer (positions are token positions); the sharer's "
-            f"vocabulary has {sharer.config.vocab_size} ids, the receiver's {receiver.config.vocab_size}"
-        )
+    check_pair(sharer, receiver)
     devices = jax.devices()[: config.mesh.num_devices] if config.mesh.num_devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
     replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -362,27 +395,8 @@ def train_translator(
                 metrics_log.write({"step": n + 1, **values})
                 shown = f"loss {values['loss']:.4f}"
             bar.update(1, shown)
-    if checkpointer.latest_step() != t.steps:
-        checkpointer.save(t.steps, state, iterator.get_state(), force=True)
-    checkpointer.wait()
-    checkpointer.close()
-    translator = KVTranslator(
-        sharer.config, receiver.config, source, {k: np.asarray(v) for k, v in jax.device_get(state.params).items()}
-    )
-    held_out = relative_mse(translator, sharer, receiver, build_texts(config, sharer, "test")[:16])
-    summary = {
-        "kind": KIND,
-        "steps": t.steps,
-        "resumed_from": start,
-        "parameters": {"translator": count},
-        "source_layers": list(source),
-        "final": {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {},
-        "held_out": held_out,
-    }
+    summary = _finish(config, workdir, state, iterator, checkpointer, (sharer, receiver), source, start, metrics)
     if primary:
-        save_translator(translator, workdir / TRANSLATOR_DIR)
         metrics_log.write({"event": "end", **summary})
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     metrics_log.close()
     return summary
