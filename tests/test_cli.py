@@ -125,3 +125,14 @@ def _with_run(parser, run):
     for action in parser._subparsers._group_actions[0].choices.values():
         action.set_defaults(run=run)
     return parser
+
+
+def test_a_file_that_is_no_model_is_one_clear_line(tmp_path):
+    path = tmp_path / "weights.txt"
+    path.write_text("not a model")
+    result = run("chat", "--model", str(path), "--prompt", "hi")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lcf chat: error: {path} is neither a model directory nor a .gguf file: pass an HF model directory, "
+        "a .gguf file or a registered name"
+    )

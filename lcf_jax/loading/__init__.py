@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lcf_jax.errors import ShardingError
+from lcf_jax.errors import ShardingError, UserError
 from lcf_jax.loading.gguf import load_gguf_tokenizer, read_gguf
 from lcf_jax.loading.keymap import CheckpointError
 from lcf_jax.loading.registry import REGISTRY, ModelNotAvailableError, registered_names
@@ -84,7 +84,10 @@ def load_model(
         config, flat = read_gguf(path, expected_for, placer)
         tokenizer = load_gguf_tokenizer(path)
     else:
-        raise ValueError(f"{path} is neither a model directory nor a .gguf file")
+        raise UserError(
+            f"{path} is neither a model directory nor a .gguf file: pass an HF model directory, a .gguf file "
+            "or a registered name"
+        )
     placer.check(flat)
     graphdef, abstract = abstract_transformer(config, dtype, attention)
     return Model(
