@@ -58,7 +58,9 @@ class ModelConfig:
         if self.family not in FAMILIES:
             raise UnsupportedArchitectureError(f"unknown family {self.family!r}; lcf_jax supports {FAMILIES}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+            raise UnsupportedArchitectureError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.rope_scaling is not None and self.rope_scaling.rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedArchitectureError(
                 f"rope_type {self.rope_scaling.rope_type!r} is not supported; use one of {SUPPORTED_ROPE_TYPES}"
