@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -21,6 +22,7 @@ from lcf_jax.adapters import build
 from lcf_jax.config import load_config
 from lcf_jax.errors import ShardingError
 from lcf_jax.loading import load_model, place, save_hf
+from lcf_jax.loading.keymap import StackedTensor
 from lcf_jax.models import preset, preset_names
 from lcf_jax.models.model import Model, abstract_transformer, flat_from_state
 from lcf_jax.sharding import make_mesh, param_axes, param_sharding, tree_shardings
@@ -130,6 +132,101 @@ def test_placing_reads_each_held_slice_once_and_never_the_whole_tensor(mesh):
     assert ((None, None), (0, 8), (0, 6)) not in source.reads
     assert placed.dtype == np.dtype("bfloat16") and placed.sharding == sharding
     np.testing.assert_array_equal(np.asarray(placed, np.float32), array.astype("bfloat16").astype(np.float32))
+
+
+@pytest.mark.parametrize("transform", ["none", "transpose"])
+def test_a_stacked_tensor_reads_only_the_layers_and_slices_indexed(transform):
+    hf_layers = {f"model.layers.{i}.w": np.arange(6 * 10, dtype=np.float32).reshape(6, 10) + 100 * i for i in range(5)}
+    reads = []
+
+    def read(key):
+        reads.append(key)
+        return hf_layers[key]
+
+    ours = [a.T if transform == "transpose" else a for a in hf_layers.values()]
+    whole = np.stack(ours)
+    view = StackedTensor(read, list(hf_layers), transform, ours[0].shape)
+    assert (view.shape, view.ndim) == (whole.shape, 3) and not reads
+    index = (slice(2, 4), slice(1, 3), slice(None))  # as jax.make_array_from_callback passes it
+    np.testing.assert_array_equal(view[index], whole[index])
+    assert reads == ["model.layers.2.w", "model.layers.3.w"]
+    for index in (3, -1, (slice(2, 4), ...), (..., 0), slice(None, None, 2), slice(0, 0)):
+        np.testing.assert_array_equal(view[index], whole[index], err_msg=str(index))
+    reads.clear()
+    np.testing.assert_array_equal(np.asarray(view), whole)
+    assert np.asarray(view, dtype=np.float16).dtype == np.float16 and len(reads) == 2 * len(hf_layers)
+    with pytest.raises(TypeError, match="ints, slices and one Ellipsis"):
+        view[np.array([0, 2])]
+    with pytest.raises(IndexError, match="layer 5 is out of range"):
+        view[5]
+
+
+def record_stacked_reads(monkeypatch) -> list[tuple[StackedTensor, tuple, list[str]]]:
+    """(view, index, the keys its reader was asked for) of every StackedTensor index taken while
+    loading, and fails on a reader call outside one (a view read whole)."""
+    log = []
+    init, getitem = StackedTensor.__init__, StackedTensor.__getitem__
+
+    def logging_init(self, read, keys, transform, layer_shape):
+        def logged(key):
+            assert self.indexing, f"{key} read outside an index of its StackedTensor"
+            self.reads.append(key)
+            return read(key)
+
+        self.reads, self.indexing = [], False
+        init(self, logged, keys, transform, layer_shape)
+
+    def logging_getitem(self, index):
+        start, self.indexing = len(self.reads), True
+        try:
+            return getitem(self, index)
+        finally:
+            self.indexing = False
+            log.append((self, index, self.reads[start:]))
+
+    monkeypatch.setattr(StackedTensor, "__init__", logging_init)
+    monkeypatch.setattr(StackedTensor, "__getitem__", logging_getitem)
+    return log
+
+
+def split_layers(mesh):
+    """Stacked tensors split 4 ways over their layers (and in 2 over their last axis where it is
+    even), everything else as train() places it."""
+
+    def sharding(path, shape):
+        if not path.startswith("layers."):
+            return param_sharding(path, shape, mesh)
+        last = "tensor" if shape[-1] % 2 == 0 else None
+        return NamedSharding(mesh, P(("data", "fsdp"), *[None] * (len(shape) - 2), last))
+
+    return sharding
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "gguf"])
+def test_a_host_reads_only_the_layers_of_the_shards_it_places(saved, mesh, kind, tmp_path, monkeypatch):
+    if kind == "gguf":
+        from hf_tiny import tiny_hf_model
+        from test_loading import write_gguf
+
+        source = tmp_path / "llama.gguf"
+        hf = tiny_hf_model("llama", num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=12)
+        write_gguf(hf, source, "llama")
+    else:
+        source = saved["receiver"]  # 4 layers
+    want = load_model(source)
+    log = record_stacked_reads(monkeypatch)
+    sharding = split_layers(mesh)
+    model = load_model(source, sharding=sharding)
+    for (path, a), b in zip(flat_from_state(model.params).items(), jax.tree.leaves(want.params)):
+        assert a.sharding == sharding(path, a.shape), path
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
+    read_by_view: dict[int, set[int]] = {}
+    for view, index, keys in log:  # each shard callback read its one layer, and only that
+        layers = [int(re.match(r"model\.layers\.(\d+)\.", key).group(1)) for key in keys]
+        assert index[0].stop - index[0].start == 1 and layers == [index[0].start], (keys, index)
+        read_by_view.setdefault(id(view), set()).update(layers)
+    assert len(read_by_view) == sum(path.startswith("layers.") for path in flat_from_state(model.params))
+    assert all(layers == {0, 1, 2, 3} for layers in read_by_view.values())
 
 
 def model_variants():

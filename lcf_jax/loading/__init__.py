@@ -12,7 +12,7 @@ from flax import nnx
 
 from lcf_jax.errors import ShardingError, UserError
 from lcf_jax.loading.gguf import load_gguf_tokenizer, read_gguf
-from lcf_jax.loading.keymap import CheckpointError
+from lcf_jax.loading.keymap import CheckpointError, StackedTensor
 from lcf_jax.loading.registry import REGISTRY, ModelNotAvailableError, registered_names
 from lcf_jax.loading.safetensors import load_tokenizer, read_hf_config, read_hf_weights, write_hf_directory
 from lcf_jax.models.config import ModelConfig
@@ -65,10 +65,12 @@ def load_model(
     the parameter tree (`tree_shardings(params, mesh)`, or a mapping from dotted path such as
     `"layers.self_attn.q_proj.kernel"`). Onto a `Sharding`, a tensor goes shard by shard
     (`jax.make_array_from_callback`): a host casts and sends only the slices its own devices hold,
-    each once, so no host builds a second full copy of a tensor. Reading stays per tensor: a
-    layer-stacked tensor is assembled whole in host memory first (`hf_to_flat`), while a safetensors
-    tensor stored in our layout (the embedding, the final norm) is sliced straight from the file's
-    memory map."""
+    each once, so no host builds a second full copy of a tensor. Reading follows the slices too: a
+    layer-stacked tensor comes as a lazy view of its per-layer tensors (`keymap.StackedTensor`), so a
+    host reads only the layers its devices hold and, for safetensors, only their slices from the
+    file's memory map (a GGUF layer is dequantised whole); a safetensors tensor stored in our layout
+    (the embedding, the final norm) is sliced straight from the memory map. Without a sharding, each
+    tensor is read whole."""
     dtype = resolve_dtype(dtype)
     path = resolve_source(source)
     placer = _Placer(sharding, dtype)
@@ -96,7 +98,8 @@ def load_model(
 
 
 class _Placer:
-    """The `convert` of `hf_to_flat`: one finished host tensor -> its array on its sharding. The
+    """The `convert` of `hf_to_flat`: one host tensor (a numpy array or memory-map view, or a lazy
+    `StackedTensor`) -> its array on its sharding, reading only the slices it places. The
     reader converts the tensors of `expected` in its order, one call each, without naming them, so
     the placer keeps that order to know each tensor's path, and `check` proves it afterwards (the
     dict the reader returns lists the paths in the order it converted them)."""
@@ -122,7 +125,7 @@ class _Placer:
         self.order = list(expected)
         return expected
 
-    def __call__(self, array: np.ndarray) -> jax.Array:
+    def __call__(self, array: np.ndarray | StackedTensor) -> jax.Array:
         if self.sharding is None:
             self.done += 1
             return jax.device_put(np.asarray(array, dtype=self.dtype))
@@ -147,10 +150,10 @@ class _Placer:
             )
 
 
-def place(array: np.ndarray, sharding: jax.sharding.Sharding, dtype=None) -> jax.Array:
-    """A host array (every process holding it in full, or a memory map of it) onto a possibly
-    multi-host `sharding`, cast to `dtype` shard by shard: a host materialises only the slices its
-    own devices hold, each distinct slice once."""
+def place(array: np.ndarray | StackedTensor, sharding: jax.sharding.Sharding, dtype=None) -> jax.Array:
+    """A host array (every process holding it in full, a memory map of it, or a lazy view such as a
+    `StackedTensor`) onto a possibly multi-host `sharding`, cast to `dtype` shard by shard: a host
+    materialises only the slices its own devices hold, each distinct slice once."""
     dtype = array.dtype if dtype is None else dtype
     slices: dict[tuple, np.ndarray] = {}
 

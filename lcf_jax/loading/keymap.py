@@ -10,8 +10,9 @@ every problem at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,88 @@ def _summarize(problems: list[str], source: str) -> str:
     return f"checkpoint {source} does not match the model architecture: {shown}{more}"
 
 
+class StackedTensor:
+    """A layer-stacked `[L, ...]` parameter as a lazy, read-only view of its per-layer HF tensors.
+
+    Indexing reads only the layers in the leading-axis slice, and from each only the sub-slice of
+    the other axes, so a host placing a sharded tensor shard by shard reads only what its devices
+    hold. A safetensors `read` is a view of the file's memory map (and a transposed view of it is
+    still one), so only the bytes of that sub-slice are touched. A GGUF `read` dequantises its
+    tensor whole, so there each needed layer is materialised in full (once per slice asked for), but
+    layers outside the slice are never read. `np.asarray(view)` materialises the whole tensor.
+    """
+
+    def __init__(
+        self, read: Callable[[str], np.ndarray], keys: Sequence[str], transform: str, layer_shape: tuple[int, ...]
+    ):
+        self._read, self._keys, self._transform = read, tuple(keys), transform
+        self.shape = (len(self._keys), *layer_shape)
+        self.ndim = len(self.shape)
+
+    def layer(self, i: int) -> np.ndarray:
+        """Layer `i` in our layout (a view where the reader gives one)."""
+        return _to_ours(self._read(self._keys[i]), self._transform)
+
+    @functools.cached_property
+    def dtype(self) -> np.dtype:
+        # Layer 0's, read on first use only: placing with a target dtype never asks for it.
+        return self.layer(0).dtype
+
+    def __getitem__(self, index) -> np.ndarray:
+        lead, rest = self._split(index)
+        if isinstance(lead, int):  # a copy, like a slice's: a view would keep a whole GGUF layer alive
+            return np.array(self.layer(lead)[rest])
+        return self._gather(range(*lead.indices(self.shape[0])), rest)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError(f"a StackedTensor of shape {self.shape} is read from its layers: it cannot be a view")
+        return self._gather(range(self.shape[0]), (), dtype)
+
+    def __repr__(self) -> str:
+        return f"StackedTensor(shape={self.shape}, first key {self._keys[0]!r})"
+
+    def _gather(self, layers: range, rest: tuple, dtype=None) -> np.ndarray:
+        """`[layers, *rest]`, filled one layer at a time so that at most one layer read whole (a GGUF
+        one) is alive beside the result; cast to `dtype`, else to the first layer's dtype."""
+        if not layers:
+            inner = np.broadcast_to(np.zeros((), np.int8), self.shape[1:])[rest].shape  # a shape, no data
+            return np.empty((0, *inner), self.dtype if dtype is None else dtype)
+        out = None
+        for n, i in enumerate(layers):
+            part = self.layer(i)[rest]
+            if out is None:
+                out = np.empty((len(layers), *part.shape), part.dtype if dtype is None else dtype)
+            out[n] = part
+        return out
+
+    def _split(self, index) -> tuple[slice | int, tuple]:
+        """A basic index (the tuple of slices `jax.make_array_from_callback` passes, or ints, slices
+        and one Ellipsis) -> (the layer axis' slice or int, the index of the other axes)."""
+        index = index if isinstance(index, tuple) else (index,)
+        for part in index:
+            if not (part is Ellipsis or isinstance(part, (slice, int, np.integer))) or isinstance(part, bool):
+                raise TypeError(
+                    f"a StackedTensor takes ints, slices and one Ellipsis as its index, got {type(part).__name__}"
+                )
+        if index.count(Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            fill = self.ndim - (len(index) - 1)
+            index = index[:at] + (slice(None),) * fill + index[at + 1 :]
+        if len(index) > self.ndim:
+            raise IndexError(f"too many indices for a StackedTensor of shape {self.shape}: {len(index)}")
+        if not index:
+            return slice(None), ()
+        lead, rest = index[0], index[1:]
+        if isinstance(lead, slice):
+            return lead, rest
+        if not -self.shape[0] <= lead < self.shape[0]:
+            raise IndexError(f"layer {lead} is out of range for a StackedTensor of {self.shape[0]} layers")
+        return int(lead) % self.shape[0], rest
+
+
 def hf_to_flat(
     hf_shapes: Mapping[str, tuple[int, ...]],
     read: Callable[[str], np.ndarray],
@@ -90,12 +173,17 @@ def hf_to_flat(
     expected: Mapping[str, tuple[int, ...]],
     *,
     source: str = "",
-    convert: Callable[[np.ndarray], Any] = np.asarray,
+    convert: Callable[[np.ndarray | StackedTensor], Any] = np.asarray,
 ) -> dict[str, Any]:
     """HF tensors -> `{module path: array}` for every path in `expected` (path -> shape, stacked
-    parameters with their leading L axis). `read(key)` loads one tensor; `convert` turns each finished
-    numpy array into its final form (dtype, device, sharding) so at most one parameter is staged in
-    host memory at a time beyond the reader's memory map."""
+    parameters with their leading L axis). `read(key)` loads one tensor.
+
+    `convert` turns each parameter into its final form (dtype, device, sharding), one call per path
+    in `expected`'s order. It is given a numpy array (a memory-map view for safetensors) for an
+    unstacked parameter, and a `StackedTensor` for a layer-stacked one: a lazy view with `shape`,
+    `dtype`, `ndim`, basic indexing that reads only the layers (and sub-slices) indexed, and
+    `np.asarray` for the whole tensor. Nothing is assembled beyond what `convert` asks for, so a
+    host placing shard by shard reads only the slices its devices hold."""
     problems: list[str] = []
     by_path: dict[str, dict[int | None, str]] = {}
     tied_head = None
@@ -139,12 +227,8 @@ def hf_to_flat(
         rule = _rule_for_path(path)
         keys = by_path[path]
         if rule.stacked:
-            first = _to_ours(read(keys[0]), rule.transform)
-            stacked = np.empty((config.num_layers, *first.shape), first.dtype)
-            stacked[0] = first
-            for layer in range(1, config.num_layers):
-                stacked[layer] = _to_ours(read(keys[layer]), rule.transform)
-            flat[path] = convert(stacked)
+            layer_keys = [keys[layer] for layer in range(config.num_layers)]
+            flat[path] = convert(StackedTensor(read, layer_keys, rule.transform, expected[path][1:]))
         else:
             flat[path] = convert(np.ascontiguousarray(_to_ours(read(keys[None]), rule.transform)))
     if tied_head is not None and not np.array_equal(read(tied_head), read(by_path["embed_tokens.embedding"][None])):
