@@ -72,7 +72,7 @@ def _setup(run: Run) -> Setup:
     spec = adapters.make_spec(
         "lcf", sharer.config, receiver.config, latent_width=sz.latent_width, compute_dtype="bfloat16"
     )
-    adapter = adapters.Adapter(spec, rngs=nnx.Rngs(0))
+    adapter = adapters.make_adapter(spec, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(adapter, nnx.Param)
     kernel_params = sum(int(v.get_value().size) for path, v in nnx.to_flat_state(params) if str(path[-1]) == "kernel")
     optimizer = step_mod.make_optimizer()

@@ -19,7 +19,7 @@ from common import report, timeit, tune_allocator
 from flax import nnx
 
 from lcf_jax import load_model
-from lcf_jax.adapters import Adapter, count_params, make_spec
+from lcf_jax.adapters import count_params, make_adapter, make_spec
 from lcf_jax.data.examples import make_batch
 from lcf_jax.data.synthetic import copy_task
 from lcf_jax.kv import KVCache
@@ -40,7 +40,7 @@ def main() -> None:
 
     model = load_model("smollm2-135m")
     spec = make_spec(args.kind, model.config, model.config, latent_width=128, dropout=0.0)
-    graphdef, params = nnx.split(Adapter(spec, rngs=nnx.Rngs(0)), nnx.Param)
+    graphdef, params = nnx.split(make_adapter(spec, rngs=nnx.Rngs(0)), nnx.Param)
     optimizer = make_optimizer()
     examples = copy_task(
         args.batch,
@@ -96,7 +96,7 @@ def main() -> None:
         {"what": f"receiver forward+backward to the cache, {b}x{tq} tokens", "ms": backward_s * 1e3},
         {"what": "parts, total", "ms": parts * 1e3},
         {
-            "what": f"train step ({args.kind}, {count_params(Adapter(spec, rngs=nnx.Rngs(0))):,} adapter params)",
+            "what": f"train step ({args.kind}, {count_params(make_adapter(spec, rngs=nnx.Rngs(0))):,} adapter params)",
             "ms": step_s * 1e3,
             "step / parts": f"{step_s / parts:.2f}x",
         },

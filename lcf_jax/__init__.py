@@ -29,6 +29,8 @@ _PUBLIC = {
     "stop_token_ids": "lcf_jax.sampling",
     # adapters
     "Adapter": "lcf_jax.adapters",
+    "FusingAdapter": "lcf_jax.adapters",
+    "MessageAdapter": "lcf_jax.adapters",
     "Message": "lcf_jax.adapters",
     "build_adapter": "lcf_jax.adapters.build:build",
     "load_adapter": "lcf_jax.adapters.io",
@@ -66,9 +68,11 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "FusingAdapter",
     "Generation",
     "KVCache",
     "Message",
+    "MessageAdapter",
     "Model",
     "ModelConfig",
     "Question",
@@ -100,7 +104,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from lcf_jax.adapters import Adapter, Message
+    from lcf_jax.adapters import Adapter, FusingAdapter, Message, MessageAdapter
     from lcf_jax.adapters.build import build as build_adapter
     from lcf_jax.adapters.io import load_adapter, save_adapter
     from lcf_jax.config import load_config

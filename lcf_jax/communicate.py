@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lcf_jax.adapters import Adapter, Message
+from lcf_jax.adapters import Adapter, FusingAdapter, Message, MessageAdapter
 from lcf_jax.adapters.adapter import fuse_mask, masked
 from lcf_jax.adapters.lcfx import spans_from_lengths, window_spans
 from lcf_jax.kv import KVCache
@@ -73,8 +73,17 @@ def _residuals(graphdef, params, kind: str, source, receiver: KVCache):
     return adapter.fuse_residuals(source, receiver)
 
 
-def fuse(adapter: Adapter, sharer_cache: KVCache, receiver_cache: KVCache, mask=None) -> KVCache:
+def _expect(adapter, wanted: type[Adapter], use: str) -> None:
+    """A clear error when an adapter of the other type reaches a path (each type has only its own
+    methods: an lcf adapter has no `summarize`)."""
+    if not isinstance(adapter, wanted):
+        got = adapter.spec.kind if isinstance(adapter, Adapter) else type(adapter).__name__
+        raise ValueError(f"{use} needs a {wanted.__name__} ({' or '.join(wanted.KINDS)}), got a {got!r} adapter")
+
+
+def fuse(adapter: FusingAdapter, sharer_cache: KVCache, receiver_cache: KVCache, mask=None) -> KVCache:
     """Shared context: the receiver's cache rewritten from the sharer's cache of the same tokens."""
+    _expect(adapter, FusingAdapter, "fusing a shared context")
     graphdef, params = nnx.split(adapter)
     return _fuse(graphdef, params, sharer_cache, receiver_cache, None if mask is None else jnp.asarray(mask))
 
@@ -128,6 +137,7 @@ def send(
         return select_kv(read, entries, policy=policy, layers=layers, clip=clip, unit=unit, agree=agree)
     if kind != "lcfx":
         raise ValueError(f"kind must be 'lcfx' or 'kv', got {kind!r}")
+    _expect(adapter, MessageAdapter, "sending a message (the sharer's summary)")
     cache = prefill(sharer, rows, bucket=bucket)
     if window is None:
         span_ids, num_spans = spans_from_lengths([[len(s) for s in row if len(s)] for row in contexts], cache.capacity)
@@ -267,6 +277,7 @@ def receive(
             )
         model = None if receiver is None else kv_messages.model_signature(receiver.config)
         return kv_messages.place(message, receiver_cache, model=model)
+    _expect(adapter, MessageAdapter, "receiving a message")
     graphdef, params = nnx.split(adapter)
     return _receive(graphdef, params, message, receiver_cache)
 
@@ -319,8 +330,9 @@ def combine(
     total_k = jnp.zeros(receiver_cache.k.shape, jnp.float32)
     total_v = jnp.zeros(receiver_cache.v.shape, jnp.float32)
     for adapter, source in sources:
-        graphdef, params = nnx.split(adapter)
         kind = "message" if isinstance(source, Message) else "cache"
+        _expect(adapter, MessageAdapter if kind == "message" else FusingAdapter, f"combining a {kind}")
+        graphdef, params = nnx.split(adapter)
         dk, dv = _residuals(graphdef, params, kind, source, receiver_cache)
         # Where each residual applies is the adapter's rule (`receive` / `fuse`), summed here.
         mask = receiver_cache.valid_mask() if kind == "message" else fuse_mask(source, receiver_cache)

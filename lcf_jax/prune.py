@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from lcf_jax.adapters.adapter import Adapter
+from lcf_jax.adapters.adapter import Adapter, make_adapter
 from lcf_jax.adapters.build import count_params, size_mb
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def keep_layers(adapter: Adapter, layers: Iterable[int]) -> Adapter:
     new_spec = dataclasses.replace(
         spec, layers=tuple(keep), source_layers=tuple(spec.source_layers[i] for i in positions)
     )
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Adapter(new_spec, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_adapter(new_spec, rngs=nnx.Rngs(0))))
     state = jax.tree.map(lambda x: x[positions], nnx.state(adapter))
     return nnx.merge(graphdef, state)
 

@@ -11,7 +11,16 @@ from flax import nnx
 from tiny_pair import RECEIVER, SHARER, tiny_models
 
 from lcf_jax import communicate
-from lcf_jax.adapters import build, count_params, gumbel_temperature, layer_map
+from lcf_jax.adapters import (
+    Adapter,
+    FusingAdapter,
+    MessageAdapter,
+    build,
+    count_params,
+    gumbel_temperature,
+    layer_map,
+    make_adapter,
+)
 from lcf_jax.adapters.blocks import gate
 from lcf_jax.adapters.lcfx import spans_from_lengths
 from lcf_jax.models.model import forward
@@ -249,12 +258,33 @@ def test_mismatched_pairs_get_clear_errors(models):
     _, r_one = caches(models, rows=((5, 9, 13),))
     with pytest.raises(ValueError, match=r"message of shape \(4, 1, 1, 2, 16\).*K=2, H=8"):
         communicate.receive(lcfx, message, r_one)
-    with pytest.raises(ValueError, match="summarize"):
-        adapter.summarize(s_cache, np.zeros((2, 8), np.int32), 1)
+    # Each adapter type has only its own methods, and the communication paths name the type they need.
+    assert not hasattr(adapter, "summarize") and not hasattr(lcfx, "fuse")
+    with pytest.raises(ValueError, match=r"sending a message .* needs a MessageAdapter \(lcfx\), got a 'lcf'"):
+        communicate.send(adapter, sharer, [[[5, 9, 13]]], bucket=8)
+    with pytest.raises(ValueError, match=r"fusing a shared context needs a FusingAdapter \(lcf or c2c\), got a 'lcfx'"):
+        communicate.fuse(lcfx, s_cache, r_cache)
+    with pytest.raises(ValueError, match="receiving a message needs a MessageAdapter"):
+        communicate.receive(adapter, message, r_one)
     with pytest.raises(ValueError, match="keep_layers"):
         build("lcf", SHARER, RECEIVER, keep_layers=[7])
     with pytest.raises(ValueError, match="adapter kind"):
         build("lora", SHARER, RECEIVER)
+    with pytest.raises(ValueError, match=r"Adapter cannot hold a 'lcf' adapter: build one with .*make_adapter"):
+        Adapter(adapter.spec, rngs=nnx.Rngs(0))  # the base type holds no kind
+    with pytest.raises(ValueError, match=r"MessageAdapter cannot hold a 'lcf' adapter"):
+        MessageAdapter(adapter.spec, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kind", ["lcf", "c2c", "lcfx"])
+def test_make_adapter_picks_the_type_and_a_split_adapter_merges_back_into_it(kind):
+    adapter = build(kind, SHARER, RECEIVER)
+    want = MessageAdapter if kind == "lcfx" else FusingAdapter
+    assert type(adapter) is want and isinstance(adapter, Adapter)
+    graphdef, params = nnx.split(adapter)
+    assert type(nnx.merge(graphdef, params)) is want  # what every jitted call rebuilds
+    again = make_adapter(adapter.spec, rngs=nnx.Rngs(0))  # build's default seed: the same draws
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(again, nnx.Param), nnx.state(adapter, nnx.Param))
 
 
 def test_parallel_sharers_sum_residuals_and_sequential_chains(models):

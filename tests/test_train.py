@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 
-from lcf_jax.adapters import Adapter, make_spec
+from lcf_jax.adapters import make_adapter, make_spec
 from lcf_jax.config import ConfigError, load_config
 from lcf_jax.data.examples import make_batch
 from lcf_jax.data.synthetic import copy_task
@@ -64,7 +64,7 @@ def test_partition_specs_of_parameters_optimizer_cache_and_batch():
     sharer = build_model(config, "sharer")
     spec = make_spec("lcf", sharer.config, receiver.config, latent_width=16)
     optimizer = make_optimizer()
-    abstract = jax.eval_shape(lambda: init_state(nnx.state(Adapter(spec, rngs=nnx.Rngs(0)), nnx.Param), optimizer))
+    abstract = jax.eval_shape(lambda: init_state(nnx.state(make_adapter(spec, rngs=nnx.Rngs(0)), nnx.Param), optimizer))
     shardings = tree_shardings(abstract, mesh)
     down = shardings.params["projectors"]["down"]["kernel"]
     assert down.spec == P(None, "fsdp", None)  # [N, in=64, d=16]: adapter outputs replicated (see RULES)
@@ -90,7 +90,7 @@ def test_loss_falls_and_frozen_models_stay_bit_identical():
     sharer, receiver = build_model(config, "sharer"), build_model(config, "receiver")
     before = jax.tree.map(np.array, (sharer.params, receiver.params))
     spec = make_spec("lcf", sharer.config, receiver.config, latent_width=16, dropout=0.0)
-    graphdef, params = nnx.split(Adapter(spec, rngs=nnx.Rngs(0)), nnx.Param)
+    graphdef, params = nnx.split(make_adapter(spec, rngs=nnx.Rngs(0)), nnx.Param)
     optimizer = make_optimizer(learning_rate=3e-3, steps=30)
     step = jax.jit(make_train_step(graphdef, sharer, receiver, optimizer, StepConfig()), donate_argnums=0)
     state = init_state(params, optimizer)
@@ -119,7 +119,7 @@ def final_params(workdir: Path):
     sharer, receiver = build_model(config, "sharer"), build_model(config, "receiver")
     spec = make_spec("lcf", sharer.config, receiver.config, **dict(config.adapter.options))
     optimizer = make_optimizer(steps=config.train.steps)
-    abstract = jax.eval_shape(lambda: init_state(nnx.state(Adapter(spec, rngs=nnx.Rngs(0)), nnx.Param), optimizer))
+    abstract = jax.eval_shape(lambda: init_state(nnx.state(make_adapter(spec, rngs=nnx.Rngs(0)), nnx.Param), optimizer))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     state, data = Checkpointer(workdir / "checkpoints").restore(
         abstract_like(abstract, jax.tree.map(lambda _: device, abstract))
@@ -231,7 +231,7 @@ def test_control_trained_alongside_ends_where_separate_runs_end():
     config = load_config(TINY)
     sharer, receiver = build_model(config, "sharer"), build_model(config, "receiver")
     spec = make_spec("lcfx", sharer.config, receiver.config, latent_width=16, dropout=0.0)
-    graphdef, params = nnx.split(Adapter(spec, rngs=nnx.Rngs(0)), nnx.Param)
+    graphdef, params = nnx.split(make_adapter(spec, rngs=nnx.Rngs(0)), nnx.Param)
     optimizer = make_optimizer(learning_rate=3e-2, steps=4, clip=0.5)  # clipping active: it must be per adapter
     examples = copy_task(32, vocab=64, lcfx=True)
     frozen = (sharer.params, receiver.params)

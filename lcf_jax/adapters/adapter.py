@@ -115,49 +115,69 @@ def _layer_keys(rng: Array | None, n: int) -> Array | None:
     return None if rng is None else jnp.stack(split_keys(rng, n))
 
 
-class Adapter(nnx.Module):
-    def __init__(self, spec: AdapterSpec, *, rngs: nnx.Rngs):
-        if spec.kind not in KINDS:
-            raise ValueError(f"unknown adapter kind {spec.kind!r}; choose one of {KINDS}")
-        self.spec = spec
-        r = spec.receiver
-        common = dict(
-            dropout_rate=spec.dropout,
-            activation=spec.activation,
-            gate_init=spec.gate_init,
-            compute_dtype=spec.compute_dtype,
+def _projectors(spec: AdapterSpec, rngs: nnx.Rngs) -> nnx.Module:
+    """One projector per adapter layer, stacked on a leading layer axis (C2C's fuser for "c2c", the
+    LCF bottleneck for "lcf" and "lcfx")."""
+    r = spec.receiver
+    common = dict(
+        dropout_rate=spec.dropout,
+        activation=spec.activation,
+        gate_init=spec.gate_init,
+        compute_dtype=spec.compute_dtype,
+    )
+
+    @nnx.split_rngs(splits=len(spec.layers))
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs: nnx.Rngs):
+        if spec.kind == "c2c":
+            return C2CProjector(
+                spec.sharer_width, r.num_kv_heads, r.head_dim, hidden=spec.hidden_width, rngs=rngs, **common
+            )
+        return LCFProjector(
+            spec.sharer_width, r.num_kv_heads, r.head_dim, latent_width=spec.latent_width, rngs=rngs,
+            up_init=spec.up_init, soft_gates=spec.gate_inference == "soft", **common,
+        )  # fmt: skip
+
+    return make(rngs)
+
+
+def _span_pools(spec: AdapterSpec, rngs: nnx.Rngs) -> SpanPool:
+    """LCF-X's two-stage pool, one per adapter layer, stacked like the projectors."""
+    s, r = spec.sharer, spec.receiver
+
+    @nnx.split_rngs(splits=len(spec.layers))
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs: nnx.Rngs):
+        return SpanPool(
+            s.num_kv_heads,
+            s.head_dim,
+            slots=spec.message_slots,
+            slot_query_init=spec.slot_query_init,
+            standardize=spec.message_norm == "standardize",
+            receiver_width=r.kv_width if spec.receiver_conditioned else None,
+            rngs=rngs,
         )
 
-        @nnx.split_rngs(splits=len(spec.layers))
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def make_projectors(rngs: nnx.Rngs):
-            if spec.kind == "c2c":
-                return C2CProjector(
-                    spec.sharer_width, r.num_kv_heads, r.head_dim, hidden=spec.hidden_width, rngs=rngs, **common
-                )
-            return LCFProjector(
-                spec.sharer_width, r.num_kv_heads, r.head_dim, latent_width=spec.latent_width, rngs=rngs,
-                up_init=spec.up_init, soft_gates=spec.gate_inference == "soft", **common,
-            )  # fmt: skip
+    return make(rngs)
 
-        self.projectors = make_projectors(rngs)
-        if spec.kind == "lcfx":
-            s = spec.sharer
 
-            @nnx.split_rngs(splits=len(spec.layers))
-            @nnx.vmap(in_axes=(0,), out_axes=0)
-            def make_pools(rngs: nnx.Rngs):
-                return SpanPool(
-                    s.num_kv_heads,
-                    s.head_dim,
-                    slots=spec.message_slots,
-                    slot_query_init=spec.slot_query_init,
-                    standardize=spec.message_norm == "standardize",
-                    receiver_width=r.kv_width if spec.receiver_conditioned else None,
-                    rngs=rngs,
-                )
+class Adapter(nnx.Module):
+    """What every adapter kind shares: the stacked projectors and the residual core (compute
+    residuals, add them to a receiver cache, read the gates). Two types build on it, one per way of
+    communicating: `FusingAdapter` (lcf, c2c: position-matched caches of a shared context) and
+    `MessageAdapter` (lcfx: a message summarising a context the receiver does not have). Build
+    either with `make_adapter(spec, rngs=...)`, which picks the type from `spec.kind`."""
 
-            self.pool = make_pools(rngs)
+    KINDS: tuple[str, ...] = ()  # the spec kinds a type serves; the base serves none
+
+    def __init__(self, spec: AdapterSpec, *, rngs: nnx.Rngs):
+        if spec.kind not in type(self).KINDS:
+            raise ValueError(
+                f"{type(self).__name__} cannot hold a {spec.kind!r} adapter: build one with "
+                "lcf_jax.adapters.make_adapter(spec, rngs=...), which picks the type for its kind"
+            )
+        self.spec = spec
+        self.projectors = _projectors(spec, rngs)
 
     # -- the residual core ------------------------------------------------------------------------
 
@@ -192,13 +212,22 @@ class Adapter(nnx.Module):
         k_sel, v_sel = jax.lax.stop_gradient(receiver.k[idx]), jax.lax.stop_gradient(receiver.v[idx])
         return receiver.replace(k=receiver.k.at[idx].set(add(k_sel, dk)), v=receiver.v.at[idx].set(add(v_sel, dv)))
 
-    # -- shared context: position-matched caches (lcf, c2c) ----------------------------------------
+    # -- inspection --------------------------------------------------------------------------------
+
+    def gate_logits(self) -> Array:
+        """`[N, 2]`: each kept layer's key and value gate logits (each projector kind names its own)."""
+        return self.projectors.gate_logits()
+
+
+class FusingAdapter(Adapter):
+    """LCF and C2C: the sharer and the receiver read the same context, and each receiver entry is
+    rewritten from the sharer's entry at its position."""
+
+    KINDS = ("lcf", "c2c")
 
     def fuse_residuals(self, sharer: KVCache, receiver: KVCache, *, rng=None, temperature=1.0) -> tuple[Array, Array]:
         """Residuals for a receiver cache from a sharer cache over the same tokens."""
         spec = self.spec
-        if spec.kind == "lcfx":
-            raise ValueError("an lcfx adapter does not fuse position-matched caches: use summarize() and receive()")
         _check_cache(sharer, spec.sharer, "sharer", spec)
         _check_cache(receiver, spec.receiver, "receiver", spec)
         if sharer.batch_size != receiver.batch_size:
@@ -215,14 +244,21 @@ class Adapter(nnx.Module):
         both = fuse_mask(sharer, receiver)
         return self.apply_residuals(receiver, dk, dv, both if mask is None else both & mask)
 
-    # -- different contexts: a message (lcfx) ------------------------------------------------------
+
+class MessageAdapter(Adapter):
+    """LCF-X: the sharer's context is summarised (`summarize`) into a position-free message that
+    any receiver context can take in (`receive`)."""
+
+    KINDS = ("lcfx",)
+
+    def __init__(self, spec: AdapterSpec, *, rngs: nnx.Rngs):
+        super().__init__(spec, rngs=rngs)
+        self.pool = _span_pools(spec, rngs)
 
     def summarize(self, sharer: KVCache, span_ids: Array, num_spans: int, receiver: KVCache | None = None) -> Message:
         """The message: per adapter layer, the two-stage pool over the sharer layer it reads.
         `span_ids` `[B, S_S]` gives each sharer token's span (-1: padding, never pooled)."""
         spec = self.spec
-        if spec.kind != "lcfx":
-            raise ValueError(f"summarize() needs an lcfx adapter, this one is {spec.kind!r}")
         _check_cache(sharer, spec.sharer, "sharer", spec)
         span_ids = jnp.asarray(span_ids, jnp.int32)
         if span_ids.shape[0] != sharer.batch_size or span_ids.shape[1] > sharer.capacity:
@@ -347,8 +383,12 @@ class Adapter(nnx.Module):
             position_shift=shift + m,
         )
 
-    # -- inspection --------------------------------------------------------------------------------
 
-    def gate_logits(self) -> Array:
-        """`[N, 2]`: each kept layer's key and value gate logits (each projector kind names its own)."""
-        return self.projectors.gate_logits()
+ADAPTER_TYPES: dict[str, type[Adapter]] = {kind: t for t in (FusingAdapter, MessageAdapter) for kind in t.KINDS}
+
+
+def make_adapter(spec: AdapterSpec, *, rngs: nnx.Rngs) -> FusingAdapter | MessageAdapter:
+    """A new adapter of the type `spec.kind` asks for, its parameters drawn from `rngs`."""
+    if spec.kind not in ADAPTER_TYPES:
+        raise ValueError(f"unknown adapter kind {spec.kind!r}; choose one of {KINDS}")
+    return ADAPTER_TYPES[spec.kind](spec, rngs=rngs)

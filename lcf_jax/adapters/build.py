@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from flax import nnx
 
-from lcf_jax.adapters.adapter import KINDS, Adapter, AdapterSpec
+from lcf_jax.adapters.adapter import KINDS, Adapter, AdapterSpec, make_adapter
 from lcf_jax.adapters.blocks import ACTIVATIONS, COMPUTE_DTYPES
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.errors import ConfigError
@@ -116,12 +116,12 @@ def build(kind: str, sharer, receiver, *, seed: int = 0, abstract: bool = False,
     in bf16; parameters and everything else stay float32); lcfx only: message_slots=1,
     message_injection="broadcast" (or "prefix": the slots become extra receiver cache entries),
     receiver_conditioned=False, slot_query_init="zeros" (or "normal": distinct slots),
-    message_norm="none" (or "standardize": see `Adapter.calibrate_message_norm`). `abstract=True`
+    message_norm="none" (or "standardize": see `MessageAdapter.calibrate_message_norm`). `abstract=True`
     gives shape-only parameters (no memory), e.g. to count them."""
     spec = make_spec(kind, sharer, receiver, **options)
     if abstract:
-        return nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(seed)))
-    return Adapter(spec, rngs=nnx.Rngs(seed))
+        return nnx.eval_shape(lambda: make_adapter(spec, rngs=nnx.Rngs(seed)))
+    return make_adapter(spec, rngs=nnx.Rngs(seed))
 
 
 def count_params(adapter: nnx.Module) -> int:

@@ -38,7 +38,7 @@ from lcf_jax.adapter_format import (
     refuse,
     tensor_problems,
 )
-from lcf_jax.adapters.adapter import Adapter, AdapterSpec
+from lcf_jax.adapters.adapter import Adapter, AdapterSpec, make_adapter
 from lcf_jax.errors import CheckpointError
 from lcf_jax.loading.safetensors import SafetensorsReader
 from lcf_jax.models.config import ModelConfig, RopeScaling
@@ -156,7 +156,7 @@ def adapter_from_tensors(
     them; parameters come back as float32), after checking `shapes` against the architecture `spec`
     describes. `source` says where the tensors came from in errors, `against` where `spec` did."""
     try:
-        abstract = nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: make_adapter(spec, rngs=nnx.Rngs(0)))
     except (TypeError, ValueError) as e:  # e.g. an odd latent_width: the config is at fault, not the code
         raise CheckpointError(f"{source}: {against} describes no {spec.kind} adapter lcf_jax can build ({e})") from None
     expected = {name: tuple(x.shape) for name, x in flat_params(abstract).items()}

@@ -100,7 +100,7 @@ class SpanPool(nnx.Module):
     values apart). Why: a summary's variation between questions is a few percent of its size (std
     ~0.1 against receiver keys of RMS ~2.2 on the demo), so in the projector's input the message is
     nearly a constant. Shift and scale start at the identity and are set from a batch of real
-    messages (`Adapter.calibrate_message_norm`: mean 0, std 1 over its rows), then train (ours)."""
+    messages (`MessageAdapter.calibrate_message_norm`: mean 0, std 1 over its rows), then train (ours)."""
 
     def __init__(
         self,

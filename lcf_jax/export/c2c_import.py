@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.adapter_format import tensor_problems
-from lcf_jax.adapters.adapter import Adapter
+from lcf_jax.adapters.adapter import Adapter, make_adapter
 from lcf_jax.adapters.blocks import layer_map as make_layer_map
 from lcf_jax.adapters.build import make_spec, model_config
 from lcf_jax.adapters.io import flat_params
@@ -284,7 +284,7 @@ def import_c2c(directory: str | os.PathLike, sharer, receiver, *, compute_dtype:
             break
     spec = dataclasses.replace(spec, source_layers=source_layers, layer_map=name)
 
-    abstract = nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: make_adapter(spec, rngs=nnx.Rngs(0)))
     prefix = "projectors."
     expected = {n[len(prefix) :]: tuple(x.shape[1:]) for n, x in flat_params(abstract).items()}
     names = _name_map(expected)

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from lcf_jax.adapters import Adapter, AdapterSpec, make_spec
+from lcf_jax.adapters import AdapterSpec, make_adapter, make_spec
 from lcf_jax.adapters.io import save_adapter
 from lcf_jax.data.batch import Batch
 from lcf_jax.data.chat import load_chat_examples
@@ -271,14 +271,14 @@ def prepare(
     optimizer = build_optimizer(config.train)
 
     def fresh_state() -> TrainState:
-        adapter_state = nnx.state(Adapter(spec, rngs=nnx.Rngs(config.seed)), nnx.Param)
+        adapter_state = nnx.state(make_adapter(spec, rngs=nnx.Rngs(config.seed)), nnx.Param)
         return init_state(adapter_state, optimizer, control=with_control)
 
     abstract = jax.eval_shape(fresh_state)
     state_shardings = tree_shardings(abstract, mesh)
     frozen_shardings = (tree_shardings(sharer.params, mesh), tree_shardings(receiver.params, mesh))
     frozen = jax.tree.map(placed, (sharer.params, receiver.params), frozen_shardings)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Adapter(spec, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_adapter(spec, rngs=nnx.Rngs(0))))
     iterator = BatchIterator(
         build_examples(config, sharer, receiver),
         config.train.batch_size,

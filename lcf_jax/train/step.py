@@ -180,7 +180,7 @@ def calibrate_message_norm(
     adapter_graphdef: nnx.GraphDef, params: PyTree, sharer: Model, receiver: Model, frozen, batch: Batch, num_spans: int
 ) -> PyTree:
     """The adapter's parameters with LCF-X's message standardisation set from `batch`'s messages
-    (`Adapter.calibrate_message_norm`); jit it with the batch's sharding and the statistics are
+    (`MessageAdapter.calibrate_message_norm`); jit it with the batch's sharding and the statistics are
     over the global batch, the same on every host."""
     sharer_params, receiver_params = frozen
     adapter = nnx.merge(adapter_graphdef, params)
