@@ -158,15 +158,20 @@ class KVTranslator:
         )
 
 
-def _pre_rope(cache, config: ModelConfig, rows_lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Every real entry's pre-RoPE keys and its values, per layer: `[L, T, K*H]` each."""
-    keys, values = [], []
-    for b, n in enumerate(rows_lengths):
-        k = cache.k[:, b, :n].astype(jnp.float32)  # [L, n, K, H]
-        positions = jnp.broadcast_to(jnp.arange(n), (k.shape[0], n))
-        keys.append(np.asarray(rotate(k, -positions, config)).reshape(k.shape[0], n, -1))
-        values.append(np.asarray(cache.v[:, b, :n], np.float32).reshape(k.shape[0], n, -1))
-    return np.concatenate(keys, axis=1), np.concatenate(values, axis=1)
+def pre_rope(cache, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """Every entry's pre-RoPE key and its value, heads flattened: `[L, B, S, K*H]` each, float32,
+    for a cache whose rows start at position 0 (a plain prefill): what translators map between."""
+    positions = jnp.broadcast_to(jnp.arange(cache.k.shape[2]), cache.k.shape[:3])
+    keys = rotate(cache.k.astype(jnp.float32), -positions, config)
+    flat = lambda x: x.reshape(*x.shape[:3], -1)  # noqa: E731
+    return flat(keys), flat(cache.v.astype(jnp.float32))
+
+
+def _real_entries(cache, config: ModelConfig, rows_lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The pre-RoPE keys and values of every row's real entries, rows after each other: `[L, T, K*H]`."""
+    keys, values = (np.asarray(x) for x in pre_rope(cache, config))
+    take = lambda x: np.concatenate([x[:, b, :n] for b, n in enumerate(rows_lengths)], axis=1)  # noqa: E731
+    return take(keys), take(values)
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -195,8 +200,8 @@ def fit_translator(
     if not texts:
         raise ValueError("fit_translator needs at least one non-empty text")
     lengths = [len(t) for t in texts]
-    xk, xv = _pre_rope(prefill(sharer, texts), sharer.config, lengths)
-    yk, yv = _pre_rope(prefill(receiver, texts), receiver.config, lengths)
+    xk, xv = _real_entries(prefill(sharer, texts), sharer.config, lengths)
+    yk, yv = _real_entries(prefill(receiver, texts), receiver.config, lengths)
     source = make_layer_map(layer_map, sharer.config.num_layers, receiver.config.num_layers)
     maps = {"key_map": [], "key_bias": [], "value_map": [], "value_bias": []}
     errors = {"key": [], "value": []}
@@ -215,8 +220,8 @@ def relative_mse(translator: KVTranslator, sharer, receiver, texts: Sequence[Seq
     (held out)."""
 
     lengths = [len(t) for t in texts]
-    xk, xv = _pre_rope(prefill(sharer, texts), sharer.config, lengths)
-    yk, yv = _pre_rope(prefill(receiver, texts), receiver.config, lengths)
+    xk, xv = _real_entries(prefill(sharer, texts), sharer.config, lengths)
+    yk, yv = _real_entries(prefill(receiver, texts), receiver.config, lengths)
     rows = np.asarray(translator.source_layers)
     pk, pv = map_entries(translator.arrays, jnp.asarray(xk[rows]), jnp.asarray(xv[rows]))
     out = {}

@@ -49,6 +49,7 @@ from lcf_jax.messages.translate import (
     fit_translator,
     init_trunk,
     map_entries,
+    pre_rope,
     relative_mse,
     rotate,
     save_translator,
@@ -179,10 +180,8 @@ def pre_rope_entries(model: Model, params, tokens, lengths, *, logits: bool = Fa
     b, t = tokens.shape
     cache = KVCache.init(model.config, b, t, model.dtype)
     out, cache = forward(model.graphdef, params, tokens, cache, lengths, last_only=not logits)
-    positions = jnp.broadcast_to(jnp.arange(t), cache.k.shape[:3])
-    keys = rotate(cache.k.astype(jnp.float32), -positions, model.config)
-    flat = lambda x: x.reshape(*x.shape[:3], -1)  # noqa: E731
-    return flat(keys), flat(cache.v.astype(jnp.float32)), out
+    keys, values = pre_rope(cache, model.config)
+    return keys, values, out
 
 
 def _relative_error(prediction, target, mask):
