@@ -15,6 +15,8 @@ from hf_tiny import save_tiny, tiny_hf_model
 from safetensors.numpy import load_file, save_file
 
 import lcf_jax
+from lcf_jax.errors import UserError
+from lcf_jax.loading import load_model_config
 from lcf_jax.loading.gguf import _unpermute
 from lcf_jax.models import preset, preset_names
 
@@ -166,6 +168,23 @@ def one_line(err) -> str:
     message = str(err.value)
     assert "\n" not in message
     return message
+
+
+def test_a_model_config_reads_without_the_weights(tiny_dir, tmp_path, monkeypatch):
+    hf_model = tiny_hf_model("llama", num_attention_heads=4, num_key_value_heads=2)
+    write_gguf(hf_model, tmp_path / "llama.gguf", "llama")
+    want = {source: lcf_jax.load_model(source).config for source in (tiny_dir, tmp_path / "llama.gguf")}
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("load_model_config read weights")
+
+    monkeypatch.setattr(lcf_jax.loading, "read_hf_weights", no_weights)
+    monkeypatch.setattr(lcf_jax.loading, "read_gguf", no_weights)
+    for source, config in want.items():
+        assert load_model_config(source) == config
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(UserError, match="neither a model directory nor a .gguf file"):
+        load_model_config(tmp_path / "notes.txt")
 
 
 def test_missing_path_is_named(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from lcf_jax.errors import ShardingError, UserError
-from lcf_jax.loading.gguf import load_gguf_tokenizer, read_gguf
+from lcf_jax.loading.gguf import gguf_config, load_gguf_tokenizer, read_gguf
 from lcf_jax.loading.keymap import CheckpointError, StackedTensor
 from lcf_jax.loading.registry import REGISTRY, ModelNotAvailableError, registered_names
 from lcf_jax.loading.safetensors import load_tokenizer, read_hf_config, read_hf_weights, write_hf_directory
@@ -78,22 +78,35 @@ def load_model(
     def expected_for(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         return placer.expect(flat_shapes(abstract_transformer(config, dtype)[1]))
 
-    if path.is_dir():
+    if _format(path) == "hf":
         config = read_hf_config(path)
         flat = read_hf_weights(path, config, expected_for(config), placer)
         tokenizer = load_tokenizer(path)
-    elif path.suffix.lower() == ".gguf":
+    else:
         config, flat = read_gguf(path, expected_for, placer)
         tokenizer = load_gguf_tokenizer(path)
-    else:
-        raise UserError(
-            f"{path} is neither a model directory nor a .gguf file: pass an HF model directory, a .gguf file "
-            "or a registered name"
-        )
     placer.check(flat)
     graphdef, abstract = abstract_transformer(config, dtype, attention)
     return Model(
         config, graphdef, state_from_flat(abstract, flat), tokenizer=tokenizer, dtype=dtype, attention=attention
+    )
+
+
+def load_model_config(source: str | os.PathLike) -> ModelConfig:
+    """A model's architecture from the sources `load_model` takes, without reading its weights."""
+    path = resolve_source(source)
+    return read_hf_config(path) if _format(path) == "hf" else gguf_config(path)
+
+
+def _format(path: Path) -> str:
+    """ "hf" for a model directory, "gguf" for a .gguf file; anything else is refused."""
+    if path.is_dir():
+        return "hf"
+    if path.suffix.lower() == ".gguf":
+        return "gguf"
+    raise UserError(
+        f"{path} is neither a model directory nor a .gguf file: pass an HF model directory, a .gguf file "
+        "or a registered name"
     )
 
 
@@ -173,4 +186,13 @@ def save_hf(model: Model, directory: str | os.PathLike) -> Path:
     return write_hf_directory(directory, model.config, flat, tokenizer=model.tokenizer)
 
 
-__all__ = ["CheckpointError", "ModelNotAvailableError", "Placement", "load_model", "place", "resolve_source", "save_hf"]
+__all__ = [
+    "CheckpointError",
+    "ModelNotAvailableError",
+    "Placement",
+    "load_model",
+    "load_model_config",
+    "place",
+    "resolve_source",
+    "save_hf",
+]

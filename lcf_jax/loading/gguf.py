@@ -129,6 +129,11 @@ def read_gguf_config(reader, path: Path) -> ModelConfig:
     )
 
 
+def gguf_config(path: Path) -> ModelConfig:
+    """The architecture a GGUF file holds, without reading its tensors."""
+    return read_gguf_config(_open(path), path)
+
+
 def read_gguf(path: Path, expected_for: Callable[[ModelConfig], dict], convert: Callable[[np.ndarray], Any]):
     """Read a GGUF file: returns `(config, {module path: array})`. `expected_for(config)` gives the
     module shapes to fill."""

@@ -32,7 +32,7 @@ from lcf_jax.data.pipeline import BatchIterator
 from lcf_jax.data.qa import load_question_examples, question_example
 from lcf_jax.data.synthetic import copy_task, sharer_only_task
 from lcf_jax.errors import ConfigError
-from lcf_jax.loading import load_model, place
+from lcf_jax.loading import load_model, load_model_config, place
 from lcf_jax.models.config import ModelConfig
 from lcf_jax.models.model import Model
 from lcf_jax.progress import Progress
@@ -79,11 +79,12 @@ def build_models(config: ml_collections.ConfigDict, mesh: Mesh | None = None) ->
 
 
 def model_configs(config: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig]:
-    """Both models' architectures without building random models (a checkpoint is loaded for it)."""
-    if config.sharer == config.receiver == "random":
-        return _random_arch(config, "sharer"), _random_arch(config, "receiver")
-    sharer, receiver = build_models(config)
-    return sharer.config, receiver.config
+    """Both models' architectures, without building a model or reading a checkpoint's weights."""
+
+    def arch(role: str) -> ModelConfig:
+        return _random_arch(config, role) if config[role] == "random" else load_model_config(config[role])
+
+    return arch("sharer"), arch("receiver")
 
 
 def adapter_spec(config: ml_collections.ConfigDict, sharer: ModelConfig, receiver: ModelConfig) -> AdapterSpec:
