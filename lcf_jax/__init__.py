@@ -22,6 +22,7 @@ _PUBLIC = {
     "ModelConfig": "lcf_jax.models",
     "preset": "lcf_jax.models",
     "load_model": "lcf_jax.loading",
+    "load_model_config": "lcf_jax.loading",
     "save_hf": "lcf_jax.loading",
     "KVCache": "lcf_jax.kv",
     "generate": "lcf_jax.sampling",
@@ -90,6 +91,7 @@ __all__ = [
     "load_adapter",
     "load_config",
     "load_model",
+    "load_model_config",
     "preset",
     "receiver_messages",
     "receiver_prompt",
@@ -117,7 +119,7 @@ if TYPE_CHECKING:
     from lcf_jax.eval.run import evaluate
     from lcf_jax.export import export_adapter
     from lcf_jax.kv import KVCache
-    from lcf_jax.loading import load_model, save_hf
+    from lcf_jax.loading import load_model, load_model_config, save_hf
     from lcf_jax.models import ModelConfig, preset
     from lcf_jax.models.model import Model
     from lcf_jax.sampling import Generation, generate, stop_token_ids
