@@ -176,6 +176,8 @@ def test_float32_export_matches_jax(exported):
     np.testing.assert_array_equal(got_k[skipped], np.asarray(receiver.k)[skipped])
     if adapter.spec.gate_inference == "hard":  # a soft gate passes sigmoid(logit) even when "closed"
         np.testing.assert_array_equal(got_v[adapter.spec.layers[0]], np.asarray(receiver.v)[adapter.spec.layers[0]])
+    # The gate audit reads each projector kind's own gate names, in both runtimes.
+    np.testing.assert_array_equal(lt.load_adapter(f32).gates().numpy(), np.asarray(adapter.gate_logits()) > 0)
 
 
 def test_left_padding_gives_the_same_entries(exported):

@@ -173,10 +173,7 @@ class Adapter(nn.Module):
 
     def gates(self) -> torch.Tensor:
         """`[N, 2]` bool: each kept layer's hard key and value gates (open where the logit is > 0)."""
-        p = self.projectors
-        if self.kind == "c2c":
-            return torch.stack([p.key_gate_logit > 0, p.value_gate_logit > 0], dim=-1)
-        return torch.stack([p.k_gate_logit > 0, p.v_gate_logit > 0], dim=-1)
+        return self.projectors.gate_logits() > 0
 
     @torch.no_grad()
     def residuals(self, sk, sv, rk, rv) -> tuple[torch.Tensor, torch.Tensor]:

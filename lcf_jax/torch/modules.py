@@ -134,6 +134,10 @@ class LCFProjector(nn.Module):
         self.v_gate_logit = nn.Parameter(torch.empty(n), requires_grad=False)
         self.receiver_shape = (receiver_heads, receiver_head_dim)
 
+    def gate_logits(self) -> torch.Tensor:
+        """`[N, 2]`: each layer's key and value gate logits."""
+        return torch.stack([self.k_gate_logit, self.v_gate_logit], dim=-1)
+
     def forward(self, sk, sv, rk, rv) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals `[N, B, S, K_R, H_R]` from sharer entries `sk, sv` `[N, B, S, K_S, H_S]` (S may be
         1: LCF-X's summary, broadcast to every position) and the receiver's `rk, rv`."""
@@ -193,6 +197,10 @@ class C2CProjector(nn.Module):
         delta = part("proj_out")(part("proj_mlp2")(h))
         alpha = torch.sigmoid(part("scalar_head")(part("scalar_mlp2")(h)))
         return hard_gate(part("gate_logit"), 5) * alpha[..., None] * delta.view(n, b, s, *self.receiver_shape)
+
+    def gate_logits(self) -> torch.Tensor:
+        """`[N, 2]`: each layer's key and value gate logits (C2C names them per branch)."""
+        return torch.stack([self.key_gate_logit, self.value_gate_logit], dim=-1)
 
     def forward(self, sk, sv, rk, rv) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals `[N, B, S, K_R, H_R]` from position-matched sharer and receiver entries."""
