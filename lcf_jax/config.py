@@ -17,6 +17,7 @@ from pathlib import Path
 import ml_collections
 
 from lcf_jax.errors import ConfigError
+from lcf_jax.train.defaults import base_config
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -35,9 +36,16 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_co
     apply `key=value` overrides."""
     if str(spec).endswith(".json"):
         try:
-            config = ml_collections.ConfigDict(json.loads(Path(spec).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+            data = json.loads(Path(spec).read_text())
+        except (OSError, ValueError) as e:  # ValueError: not JSON (JSONDecodeError), or not UTF-8 text
             raise ConfigError(f"cannot read the config {spec} ({type(e).__name__}: {e})") from None
+        problem = saved_config_problem(data)
+        if problem:
+            raise ConfigError(
+                f"the config {spec} cannot be used: {problem}; pass the experiment config the run was trained with "
+                "(--config configs/NAME.py[:ARG])"
+            )
+        config = ml_collections.ConfigDict(data)
         config.lock()
         for override in overrides:
             apply_override(config, override)
@@ -54,6 +62,46 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_co
     for override in overrides:
         apply_override(config, override)
     return config
+
+
+# Parts of a saved config whose keys are the recipe's own (a model architecture, adapter options).
+FREE_FORM = ("sharer_arch", "receiver_arch", "adapter.options")
+
+
+def saved_config_problem(data, defaults: ml_collections.ConfigDict | None = None, prefix: str = "") -> str | None:
+    """What is wrong with a saved config (parsed JSON) against the defaults every recipe starts from
+    (`base_config`): a JSON object where they hold one, and each of their values of the same type,
+    so a damaged file is refused here rather than failing deep in training or evaluation. Keys they
+    lack (a recipe's own) are not checked, nor keys missing from the file (a config saved before the
+    key existed: readers fall back on the old behaviour)."""
+    if defaults is None:
+        defaults = base_config()
+    if not isinstance(data, dict):
+        return f"{prefix.rstrip('.') or 'it'} is {json.dumps(data)[:40]}, expected a JSON object"
+    for key, default in defaults.items():
+        if key not in data:
+            continue
+        name, value = prefix + key, data[key]
+        if isinstance(default, ml_collections.ConfigDict):  # a section: checked key by key (FREE_FORM: its type)
+            empty = ml_collections.ConfigDict()
+            problem = saved_config_problem(value, empty if name in FREE_FORM else default, name + ".")
+            if problem:
+                return problem
+        elif not _same_type(value, default):
+            return f"{name} is {json.dumps(value)[:40]}, expected {_TYPE_NAMES[type(default)]}"
+    return None
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _same_type(value, default) -> bool:
+    """Whether a JSON value can stand where the defaults hold `default` (an int where a float goes too)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
 
 
 # The shipped recipes (configs/ at the top of the repository, linked into the package as

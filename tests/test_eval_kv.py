@@ -15,6 +15,7 @@ from lcf_jax.eval import conditions as C
 from lcf_jax.eval import latency as LAT
 from lcf_jax.eval.condition import Condition, kv_condition, kv_conditions
 from lcf_jax.eval.prompts import sharer_first_segments
+from lcf_jax.eval.record import RunRecord
 from lcf_jax.eval.run import evaluate
 from lcf_jax.sampling import chat_prompt
 
@@ -90,6 +91,9 @@ def test_latency_and_results_have_the_kv_rows(setup, tmp_path):
     assert "F1 - mismatched [95% CI]" in (tmp_path / "results.md").read_text()
     kv = results["meta"]["kv"]
     assert len(kv["kv_share_4_L50"]["layers"]) == 2 and kv["kv_share_8"]["policy"] == "query"
+    # The record reads back as a rerun reads it: every row holds each condition, the KV rows' sizes.
+    record = RunRecord(tmp_path, {}, conditions=setup.conditions(), kv=[c.name for c in setup.kv_rows()])
+    assert sorted(record.answers) == ["q0", "q1", "q2"] and sorted(record.latency) == ["q0", "q1"]
 
 
 def test_kv_rows_need_one_model_and_valid_conditions():

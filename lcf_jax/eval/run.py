@@ -122,7 +122,10 @@ def evaluate(
     `workdir`: results.json, results.md with the table and the stage times, f1_vs_ttft.png,
     answers.jsonl). Work a killed run on `workdir` finished is reused (`restart=True` discards it)."""
     workdir = Path(workdir)
-    record = RunRecord(workdir, fingerprint(setup, questions, latency_questions), restart=restart)
+    kv = [c.name for c in setup.kv_rows()]
+    record = RunRecord(
+        workdir, fingerprint(setup, questions, latency_questions), restart=restart, conditions=setup.conditions(), kv=kv
+    )
     if record.resumed:
         log.info(
             "continuing the evaluation in %s: %d of %d questions answered, %d timed",

@@ -23,7 +23,7 @@ from lcf_jax.adapters import Adapter, AdapterSpec
 from lcf_jax.adapters.blocks import layer_map
 from lcf_jax.adapters.io import adapter_from_tensors, load_adapter, save_adapter
 from lcf_jax.config import load_config
-from lcf_jax.errors import CheckpointError, ConfigError
+from lcf_jax.errors import CheckpointError, ConfigError, DataError
 from lcf_jax.messages.translate import (
     KVTranslator,
     array_shapes,
@@ -124,7 +124,12 @@ def _warn_if_stale(adapter_dir: Path) -> None:
     if adapter_dir.name != ADAPTER_DIR:
         return
     run = adapter_dir.parent
-    newest, trained = newest_step(run / CHECKPOINTS_DIR), trained_steps(run)
+    newest = newest_step(run / CHECKPOINTS_DIR)
+    try:
+        trained = trained_steps(run)
+    except DataError as e:  # the export goes on (adapter/ is what it exports), but says what it cannot check
+        log.warning("%s: cannot tell whether %s is older than the run's newest checkpoint", e, adapter_dir)
+        return
     if newest is not None and trained is not None and newest > trained:
         log.warning(
             "%s is the adapter of step %d, but %s holds a newer checkpoint (step %d) from a run that did not "

@@ -46,7 +46,7 @@ from lcf_jax.train.step import (
     make_optimizer,
     make_train_step,
 )
-from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR, CONTROL_DIR
+from lcf_jax.train.workdir import ADAPTER_DIR, CHECKPOINTS_DIR, CONTROL_DIR, write_run_files
 from lcf_jax.trees import num_params
 
 log = logging.getLogger("lcf_jax.train")
@@ -440,8 +440,7 @@ def _finish(setup: TrainSetup, metrics, counts: dict[str, int], metrics_log: Met
             control = nnx.merge(setup.graphdef, jax.device_get(state.control["params"]))
             save_adapter(control, setup.workdir / CONTROL_DIR)
         metrics_log.write({"event": "end", **summary})
-        (setup.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (setup.workdir / "config.json").write_text(setup.config.to_json_best_effort(indent=2) + "\n")
+        write_run_files(setup.workdir, summary, setup.config)
     metrics_log.close()
     return summary
 

@@ -61,7 +61,7 @@ from lcf_jax.sharding import logical_spec, make_mesh
 from lcf_jax.sizes import round_up
 from lcf_jax.train.checkpoint import Checkpointer, abstract_like
 from lcf_jax.train.step import TrainState, make_optimizer
-from lcf_jax.train.workdir import CHECKPOINTS_DIR
+from lcf_jax.train.workdir import CHECKPOINTS_DIR, write_run_files
 from lcf_jax.trees import num_params
 
 log = logging.getLogger("lcf_jax.train")
@@ -302,8 +302,7 @@ def _finish(config, workdir: Path, state, iterator, checkpointer, models, source
     }
     if jax.process_index() == 0:
         save_translator(translator, workdir / TRANSLATOR_DIR)
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        write_run_files(workdir, summary, config)
     return summary
 
 

@@ -15,14 +15,18 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from lcf_jax.adapter_format import CONFIG_FILE
+from lcf_jax.errors import DataError
 
 ADAPTER_DIR = "adapter"  # the trained adapter, saved when training ends
 CONTROL_DIR = "control_adapter"  # the receiver-only control trained alongside it (adapter.with_control)
 CHECKPOINTS_DIR = "checkpoints"  # Orbax checkpoints, one numbered folder per saved step
 DEMO_RUN = "lcfx"  # a `lcf demo` work directory's training run
 DEMO_CONTROL = "receiver_only"  # where older demo runs trained the control separately
+SUMMARY_FILE = "summary.json"  # what a finished `lcf train` reports: {"steps", ...}
+RUN_CONFIG = "config.json"  # its config (load_config reads it back)
 
 
 def adapter_dirs(checkpoint: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -57,7 +61,7 @@ class OrbaxLocation:
 
     def saved_config(self) -> Path | None:
         """The run's `config.json` (written when `lcf train` ends), if there is one."""
-        path = None if self.run is None else self.run / "config.json"
+        path = None if self.run is None else self.run / RUN_CONFIG
         return path if path is not None and path.exists() else None
 
 
@@ -88,10 +92,25 @@ def newest_step(checkpoints: Path) -> int | None:
     return max(steps, default=None)
 
 
+def write_run_files(run: Path, summary: dict[str, Any], config) -> None:
+    """summary.json and config.json, written when `lcf train` finishes (`config` a ConfigDict)."""
+    (run / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (run / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
 def trained_steps(run: Path) -> int | None:
-    """The step count `lcf train` reported when it last finished in `run` (its adapter's step)."""
-    path = run / "summary.json"
+    """The step count `lcf train` reported when it last finished in `run` (its adapter's step); None
+    when it never finished there (no summary.json). A summary.json that does not say is a
+    `DataError`: the caller decides what it costs, instead of this guessing that the run never
+    finished."""
+    path = run / SUMMARY_FILE
     try:
-        return int(json.loads(path.read_text())["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as e:  # ValueError: not JSON (JSONDecodeError), or not UTF-8 text
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+    steps = summary.get("steps") if isinstance(summary, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise DataError(f"{path} does not record the run's step count (a 'steps' integer)")
+    return steps
