@@ -27,6 +27,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from json_edits import DELETE, set_field
 from tiny_pair import RECEIVER, SHARER
 
 from lcf_jax import adapter_format
@@ -42,7 +43,6 @@ lt = pytest.importorskip("lcf_jax.torch")
 SEED = 17
 # Wrong-typed and garbage JSON values, tried in every config field they are tried in.
 GARBAGE = ("garbage", 3, -1, 2.5, True, None, [1])
-DELETE = object()  # a config edit that removes the field
 # Gate logits per kept layer (key, value): mixed signs, so every hard gate value is exercised.
 GATES = ((1.0, -1.0), (-0.5, 0.5), (2.0, 3.0), (-2.0, -3.0))
 
@@ -72,15 +72,7 @@ def edit_json(name: str, keys: tuple[str, ...], value) -> Callable[[Path], None]
     """Set (or, with DELETE, remove) the field at `keys` of the JSON file `name`."""
 
     def change(raw: bytes) -> bytes:
-        data = json.loads(raw)
-        parent = data
-        for key in keys[:-1]:
-            parent = parent[key]
-        if value is DELETE:
-            del parent[keys[-1]]
-        else:
-            parent[keys[-1]] = value
-        return json.dumps(data).encode()
+        return json.dumps(set_field(json.loads(raw), keys, value)).encode()
 
     return rewrite(name, change)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from json_edits import DELETE, set_field
 
 from lcf_jax.config import load_config
 from lcf_jax.errors import ConfigError, DataError, RunMismatchError
@@ -39,7 +40,6 @@ from lcf_jax.train.workdir import RUN_CONFIG, SUMMARY_FILE, trained_steps, write
 
 SEED = 23
 GARBAGE = ("garbage", 3, -1, 2.5, True, None, [1], {"a": 1})
-DELETE = object()  # a field edit that removes the field
 
 # -- corruptions (each a function of the file's bytes) --------------------------------------------
 
@@ -58,18 +58,7 @@ def becomes(content: bytes) -> Callable[[bytes], bytes]:
 
 def edit(keys: tuple, value) -> Callable[[Any], Any]:
     """Set (DELETE: remove) the field at `keys` of parsed JSON."""
-
-    def change(data):
-        parent = data
-        for key in keys[:-1]:
-            parent = parent[key]
-        if value is DELETE:
-            del parent[keys[-1]]
-        else:
-            parent[keys[-1]] = value
-        return data
-
-    return change
+    return lambda data: set_field(data, keys, value)
 
 
 def edit_json(keys: tuple, value, indent: int | None = 2) -> Callable[[bytes], bytes]:
