@@ -17,7 +17,6 @@ from pathlib import Path
 import ml_collections
 
 from lcf_jax.errors import ConfigError
-from lcf_jax.train.defaults import base_config
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -31,15 +30,18 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(
+    spec: str | os.PathLike, overrides: Sequence[str] = (), *, defaults: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
     """Load `configs/x.py`, `configs/x.py:arg` or the `config.json` a `lcf train` run wrote, then
-    apply `key=value` overrides."""
+    apply `key=value` overrides. A JSON config must be an object; given `defaults` (for training
+    runs, `lcf_jax.train.defaults.base_config()`), each of its values must have their type."""
     if str(spec).endswith(".json"):
         try:
             data = json.loads(Path(spec).read_text())
         except (OSError, ValueError) as e:  # ValueError: not JSON (JSONDecodeError), or not UTF-8 text
             raise ConfigError(f"cannot read the config {spec} ({type(e).__name__}: {e})") from None
-        problem = saved_config_problem(data)
+        problem = saved_config_problem(data, ml_collections.ConfigDict() if defaults is None else defaults)
         if problem:
             raise ConfigError(
                 f"the config {spec} cannot be used: {problem}; pass the experiment config the run was trained with "
@@ -68,14 +70,12 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_co
 FREE_FORM = ("sharer_arch", "receiver_arch", "adapter.options")
 
 
-def saved_config_problem(data, defaults: ml_collections.ConfigDict | None = None, prefix: str = "") -> str | None:
-    """What is wrong with a saved config (parsed JSON) against the defaults every recipe starts from
-    (`base_config`): a JSON object where they hold one, and each of their values of the same type,
-    so a damaged file is refused here rather than failing deep in training or evaluation. Keys they
-    lack (a recipe's own) are not checked, nor keys missing from the file (a config saved before the
-    key existed: readers fall back on the old behaviour)."""
-    if defaults is None:
-        defaults = base_config()
+def saved_config_problem(data, defaults: ml_collections.ConfigDict, prefix: str = "") -> str | None:
+    """What is wrong with a saved config (parsed JSON) against `defaults` (for a training run, the
+    defaults every recipe starts from, `base_config`): a JSON object where they hold one, and each of
+    their values of the same type, so a damaged file is refused here rather than failing deep in
+    training or evaluation. Keys they lack (a recipe's own) are not checked, nor keys missing from the
+    file (a config saved before the key existed: readers fall back on the old behaviour)."""
     if not isinstance(data, dict):
         return f"{prefix.rstrip('.') or 'it'} is {json.dumps(data)[:40]}, expected a JSON object"
     for key, default in defaults.items():

@@ -36,6 +36,7 @@ from lcf_jax.config import load_config
 from lcf_jax.errors import ConfigError, DataError, RunMismatchError
 from lcf_jax.eval import record as R
 from lcf_jax.eval.report import ConditionResult, conditions_of, read_results, write_results
+from lcf_jax.train.defaults import base_config
 from lcf_jax.train.workdir import RUN_CONFIG, SUMMARY_FILE, trained_steps, write_run_files
 
 SEED = 23
@@ -515,7 +516,7 @@ def training_run(tmp_path_factory) -> Path:
 
 
 def read_config(directory: Path) -> dict:
-    return load_config(directory / RUN_CONFIG).to_dict()
+    return load_config(directory / RUN_CONFIG, defaults=base_config()).to_dict()
 
 
 def config_leaves(data: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:

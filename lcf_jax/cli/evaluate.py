@@ -13,9 +13,10 @@ from lcf_jax.errors import ConfigError
 def eval_config(args: argparse.Namespace, run_dir: Path | None):
     """--config, or the `config.json` the checkpoint's training run wrote."""
     from lcf_jax.config import load_config  # noqa: PLC0415
+    from lcf_jax.train.defaults import base_config  # noqa: PLC0415
 
     if args.config:
-        return load_config(args.config)
+        return load_config(args.config, defaults=base_config())
     saved = (
         None if run_dir is None else next((p for p in (run_dir, run_dir.parent) if (p / "config.json").exists()), None)
     )
@@ -25,7 +26,7 @@ def eval_config(args: argparse.Namespace, run_dir: Path | None):
             f"--config is needed: {where} (pass the experiment config, e.g. --config configs/smollm2_qa.py)"
         )
     print(f"models and options from {saved / 'config.json'}", file=sys.stderr, flush=True)
-    return load_config(saved / "config.json")
+    return load_config(saved / "config.json", defaults=base_config())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(args)
     quiet_logs()
     from lcf_jax.config import load_config  # noqa: PLC0415
+    from lcf_jax.train.defaults import base_config  # noqa: PLC0415
     from lcf_jax.train.loop import train  # noqa: PLC0415
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, defaults=base_config())
     summary = train(config, args.workdir, progress=not args.no_progress)
     import jax  # noqa: PLC0415
 

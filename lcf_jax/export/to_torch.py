@@ -31,7 +31,7 @@ from lcf_jax.messages.translate import (
     save_translator,
 )
 from lcf_jax.train.checkpoint import restore_params
-from lcf_jax.train.defaults import demo_config
+from lcf_jax.train.defaults import base_config, demo_config
 from lcf_jax.train.loop import adapter_spec, model_configs
 from lcf_jax.train.translator import KIND, translator_directory
 from lcf_jax.train.workdir import (
@@ -52,7 +52,7 @@ ConfigLike = AdapterSpec | ml_collections.ConfigDict | str | os.PathLike
 
 def _experiment_config(config: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:
     """A ConfigDict, a `configs/NAME.py[:ARG]` file, or the `config.json` a `lcf train` run wrote."""
-    return config if isinstance(config, ml_collections.ConfigDict) else load_config(config)
+    return config if isinstance(config, ml_collections.ConfigDict) else load_config(config, defaults=base_config())
 
 
 def spec_from_config(config: ConfigLike) -> AdapterSpec:
