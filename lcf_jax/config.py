@@ -17,6 +17,7 @@ from pathlib import Path
 import ml_collections
 
 from lcf_jax.errors import ConfigError
+from lcf_jax.json_values import excerpt
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -77,7 +78,7 @@ def saved_config_problem(data, defaults: ml_collections.ConfigDict, prefix: str 
     training or evaluation. Keys they lack (a recipe's own) are not checked, nor keys missing from the
     file (a config saved before the key existed: readers fall back on the old behaviour)."""
     if not isinstance(data, dict):
-        return f"{prefix.rstrip('.') or 'it'} is {json.dumps(data)[:40]}, expected a JSON object"
+        return f"{prefix.rstrip('.') or 'it'} is {excerpt(data)}, expected a JSON object"
     for key, default in defaults.items():
         if key not in data:
             continue
@@ -88,7 +89,7 @@ def saved_config_problem(data, defaults: ml_collections.ConfigDict, prefix: str 
             if problem:
                 return problem
         elif not _same_type(value, default):
-            return f"{name} is {json.dumps(value)[:40]}, expected {_TYPE_NAMES[type(default)]}"
+            return f"{name} is {excerpt(value)}, expected {_TYPE_NAMES[type(default)]}"
     return None
 
 

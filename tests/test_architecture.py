@@ -12,7 +12,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lcf_jax"
 
 # Bottom to top; a name is a top-level module or subpackage of lcf_jax. Keep in step with the doc.
 LAYERS = (
-    ("typing", "sizes", "trees", "errors", "version", "adapter_format", "runtime", "progress", "config", "sharding"),
+    (
+        "typing",
+        "sizes",
+        "trees",
+        "errors",
+        "json_values",
+        "version",
+        "adapter_format",
+        "runtime",
+        "progress",
+        "config",
+        "sharding",
+    ),
     ("models", "kv"),
     ("loading", "sampling", "align"),
     ("adapters",),

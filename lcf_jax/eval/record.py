@@ -30,6 +30,7 @@ import numpy as np
 
 from lcf_jax.data.qa import Question
 from lcf_jax.errors import DataError, RunMismatchError
+from lcf_jax.json_values import excerpt, is_integer, is_number
 
 log = logging.getLogger(__name__)
 
@@ -105,34 +106,21 @@ def _damaged(path: Path, line: int | None, problem: str) -> DataError:
     )
 
 
-def _show(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _fields_problem(row: Any, fields: dict[str, tuple[Callable[[Any], bool], str]]) -> str | None:
     """What is wrong with `row` given the fields it must hold ({name: (check, what it must be)})."""
     if not isinstance(row, dict):
-        return f"{_show(row)} is not a JSON object"
+        return f"{excerpt(row)} is not a JSON object"
     for name, (ok, what) in fields.items():
         if name not in row:
             return f"no {name!r}"
         if not ok(row[name]):
-            return f"{name!r} is {_show(row[name])}, expected {what}"
+            return f"{name!r} is {excerpt(row[name])}, expected {what}"
     return None
 
 
 _ID = {"id": (lambda v: isinstance(v, str), "a question id (a string)")}
-_TOKENS = (lambda v: isinstance(v, list) and all(_is_int(t) and t >= 0 for t in v), "a list of token ids")
-_TIMES = (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), "3 stage times in seconds")
+_TOKENS = (lambda v: isinstance(v, list) and all(is_integer(t) and t >= 0 for t in v), "a list of token ids")
+_TIMES = (lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), "3 stage times in seconds")
 
 
 def _message_problem(row: Any) -> str | None:
@@ -148,7 +136,7 @@ def _answer_problem(row: Any, conditions: Sequence[str] | None, kv: Sequence[str
         fields["message"] = (lambda v: isinstance(v, str), "a string")
         fields |= {name: (lambda v: isinstance(v, str), "an answer (a string)") for name in conditions}
         if kv:
-            sizes = lambda v: isinstance(v, dict) and all(_is_int(v.get(n)) for n in kv)  # noqa: E731
+            sizes = lambda v: isinstance(v, dict) and all(is_integer(v.get(n)) for n in kv)  # noqa: E731
             fields["kv_bytes"] = (sizes, f"the bytes of {', '.join(kv)} (integers)")
     return _fields_problem(row, fields)
 
@@ -164,7 +152,7 @@ def _latency_problem(row: Any, conditions: Sequence[str] | None) -> str | None:
         if conditions is not None and name not in conditions:
             return f"{name!r} is not a condition of this evaluation"
         if not _TIMES[0](times):
-            return f"{name!r} is {_show(times)}, expected {_TIMES[1]}"
+            return f"{name!r} is {excerpt(times)}, expected {_TIMES[1]}"
     return None
 
 
@@ -261,7 +249,7 @@ def check_fingerprint(workdir: str | os.PathLike, fingerprint: dict[str, Any]) -
         ) from None
     if not isinstance(saved, dict):  # valid JSON, but not the fingerprint object this module writes
         raise RunMismatchError(
-            f"{path} holds {_show(saved)}, not a run fingerprint (a JSON object); pass --restart to start this "
+            f"{path} holds {excerpt(saved)}, not a run fingerprint (a JSON object); pass --restart to start this "
             "evaluation afresh"
         )
     differ = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lcf_jax.errors import DataError
+from lcf_jax.json_values import excerpt, is_integer, is_number
 
 # Text-to-text conditions are named by their message budget in tokens; the plot joins them in order.
 _TEXT_CONDITION = re.compile(r"^text_(\d+)$")
@@ -72,7 +73,7 @@ class ConditionResult:
         """Inverse of `to_json`; raises `DataError` (a ValueError) on missing, unknown or wrong-typed
         fields, so a schema change or a damaged file is noticed here, not by whatever reads a field."""
         if not isinstance(data, Mapping):
-            raise DataError(f"condition {name!r} is {_show(data)}, not a JSON object")
+            raise DataError(f"condition {name!r} is {excerpt(data)}, not a JSON object")
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
         unknown = sorted(set(data) - set(fields))
         missing = sorted(k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING)
@@ -81,20 +82,11 @@ class ConditionResult:
         for key, value in data.items():
             ok, what = _FIELD_TYPES[key]
             if not ok(value):
-                raise DataError(f"condition {name!r}: {key!r} is {_show(value)}, expected {what}")
+                raise DataError(f"condition {name!r}: {key!r} is {excerpt(value)}, expected {what}")
         data = dict(data)
         if data.get("f1_ci95") is not None:
             data["f1_ci95"] = tuple(data["f1_ci95"])
         return cls(name=name, **data)
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _optional(check):
@@ -103,21 +95,24 @@ def _optional(check):
 
 # What `to_json` writes for each field (it writes NaN as null, so every number may be null but n),
 # and how a message says it.
-_NUMBER = (_optional(_number), "a number or null")
-_INT = (_optional(lambda v: _number(v) and isinstance(v, int)), "an integer or null")
+_NUMBER = (_optional(is_number), "a number or null")
+_INT = (_optional(is_integer), "an integer or null")
 _FIELD_TYPES = {
     "f1": _NUMBER,
     "em": _NUMBER,
     "ttft_ms": _NUMBER,
     "answer_ms": _NUMBER,
-    "n": (lambda v: _number(v) and isinstance(v, int), "an integer"),
+    "n": (is_integer, "an integer"),
     "message_bytes": _INT,
     "mcnemar_p": _NUMBER,
     "wilcoxon_p": _NUMBER,
     "note": (lambda v: isinstance(v, str), "a string"),
-    "f1_ci95": (_optional(lambda v: isinstance(v, list) and len(v) == 2 and all(map(_number, v))), "[lo, hi] or null"),
+    "f1_ci95": (
+        _optional(lambda v: isinstance(v, list) and len(v) == 2 and all(map(is_number, v))),
+        "[lo, hi] or null",
+    ),
     "delta_vs_mismatched": (
-        _optional(lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in ("mean", "lo", "hi"))),
+        _optional(lambda v: isinstance(v, dict) and all(is_number(v.get(k)) for k in ("mean", "lo", "hi"))),
         '{"mean", "lo", "hi"} or null',
     ),
 }
@@ -188,11 +183,11 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     except ValueError as e:  # not JSON (JSONDecodeError), or not UTF-8 text
         raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
     if not isinstance(data, dict) or sorted(data) != sorted(_RESULT_KEYS):
-        keys = sorted(data) if isinstance(data, dict) else _show(data)
+        keys = sorted(data) if isinstance(data, dict) else excerpt(data)
         raise DataError(f"{path}: expected top-level keys {list(_RESULT_KEYS)}, got {keys}; {fix}")
     for key in _RESULT_KEYS:
         if not isinstance(data[key], dict):
-            raise DataError(f"{path}: {key!r} is {_show(data[key])}, expected a JSON object; {fix}")
+            raise DataError(f"{path}: {key!r} is {excerpt(data[key])}, expected a JSON object; {fix}")
     for name, cond in data["conditions"].items():
         try:
             ConditionResult.from_json(name, cond)  # validates the fields
